@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Set up a local virtual environment and run the demo or the test suite.
+
+    python3 dev.py demo   # set up .venv (once), run the main job on built-in data
+    python3 dev.py test   # set up .venv (once), run the whole test suite
+    python3 dev.py setup  # only set up .venv
+
+Extra arguments are passed on (to the demo's flags or to pytest). Needs only a
+Python 3.10-3.12 interpreter (3.11 is what we test on) and access to PyPI. The
+environment is reinstalled only when requirements.txt or pyproject.toml change.
+"""
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VENV = os.path.join(ROOT, ".venv")
+STAMP = os.path.join(VENV, ".simclr_tf2_installed")
+
+
+def _venv_python():
+    sub = "Scripts" if os.name == "nt" else "bin"
+    return os.path.join(VENV, sub, "python.exe" if os.name == "nt" else "python")
+
+
+def _requirements_digest():
+    digest = hashlib.sha256()
+    for name in ("requirements.txt", "pyproject.toml"):
+        with open(os.path.join(ROOT, name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def setup():
+    if not (3, 10) <= sys.version_info[:2] <= (3, 12):
+        sys.exit(f"dev.py: Python 3.10-3.12 is required (TensorFlow 2.20); "
+                 f"this is {sys.version.split()[0]}. Run it with python3.11.")
+    wanted = _requirements_digest()
+    if os.path.exists(STAMP) and open(STAMP).read().strip() == wanted:
+        return
+    if not os.path.exists(_venv_python()):
+        print(f"dev.py: creating virtual environment in {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    print("dev.py: installing pinned requirements (a few minutes the first time)",
+          flush=True)
+    pip = [_venv_python(), "-m", "pip", "install", "--disable-pip-version-check"]
+    subprocess.check_call(pip + ["-q", "-r", os.path.join(ROOT, "requirements.txt")])
+    subprocess.check_call(pip + ["-q", "--no-deps", "-e", ROOT])
+    with open(STAMP, "w") as f:
+        f.write(wanted + "\n")
+
+
+def _run(args):
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    return subprocess.call([_venv_python()] + args, cwd=ROOT, env=env)
+
+
+def main(argv):
+    commands = ("demo", "test", "setup")
+    if not argv or argv[0] not in commands:
+        sys.exit(f"usage: python3 dev.py {{{'|'.join(commands)}}} [args...]")
+    command, extra = argv[0], argv[1:]
+    setup()
+    if command == "demo":
+        return _run(["-m", "simclr_tf2.demo"] + extra)
+    if command == "test":
+        return _run(["-m", "pytest", "-q", "-p", "no:cacheprovider"] + extra)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,114 @@
+"""Convolution with TPU-style fixed padding, and batch norm + ReLU.
+
+Hand-written because tf_keras' Conv2D 'same' padding is asymmetric for strided
+convolutions (pads more at the end), while SimCLR's released weights assume
+the symmetric k-1 padding of the TPU ResNets.
+"""
+import tensorflow as tf
+import tf_keras
+
+from simclr_tf2.configs.schema import check
+
+
+def conv_kernel_initializer():
+    """Truncated-normal fan-in variance scaling, as the authors' ResNet uses."""
+    return tf_keras.initializers.VarianceScaling()
+
+
+class FixedPaddingConv2D(tf_keras.layers.Layer):
+    """Conv2D without bias whose strided form pads k-1 symmetrically, then VALID.
+
+    Stride 1 uses 'same' padding (symmetric for odd kernels).
+    """
+
+    def __init__(self, filters: int, kernel_size: int, strides: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        check(isinstance(filters, int) and filters > 0,
+              f"filters must be a positive int. Received: filters={filters!r}")
+        check(isinstance(kernel_size, int) and kernel_size > 0,
+              f"kernel_size must be a positive int. Received: "
+              f"kernel_size={kernel_size!r}")
+        check(isinstance(strides, int) and strides > 0,
+              f"strides must be a positive int. Received: strides={strides!r}")
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        pad_total = kernel_size - 1
+        self._padding = [[0, 0], [pad_total // 2, pad_total - pad_total // 2],
+                         [pad_total // 2, pad_total - pad_total // 2], [0, 0]]
+        self._explicit_pad = strides > 1 and pad_total > 0
+        self.conv = tf_keras.layers.Conv2D(
+            filters, kernel_size, strides=strides,
+            padding="valid" if strides > 1 else "same", use_bias=False,
+            kernel_initializer=conv_kernel_initializer(), name="conv2d")
+
+    def call(self, inputs):
+        if self._explicit_pad:
+            inputs = tf.pad(inputs, self._padding)
+        return self.conv(inputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, kernel_size=self.kernel_size,
+                      strides=self.strides)
+        return config
+
+
+class BatchNormRelu(tf_keras.layers.Layer):
+    """Batch norm (optionally cross-replica) followed by an optional ReLU.
+
+    `zero_init=True` starts gamma at zero (the last BN of each residual block),
+    so each block starts as the identity.
+    """
+
+    def __init__(self, relu: bool = True, zero_init: bool = False,
+                 center: bool = True, momentum: float = 0.9,
+                 epsilon: float = 1e-5, synchronized: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        check(0.0 <= momentum <= 1.0,
+              f"momentum must be in [0, 1]. Received: momentum={momentum!r}")
+        check(epsilon > 0, f"epsilon must be > 0. Received: epsilon={epsilon!r}")
+        self.relu = relu
+        self.zero_init = zero_init
+        self.center = center
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.synchronized = synchronized
+        self.bn = tf_keras.layers.BatchNormalization(
+            momentum=momentum, epsilon=epsilon, center=center,
+            gamma_initializer="zeros" if zero_init else "ones",
+            synchronized=synchronized, name="batch_normalization")
+
+    def call(self, inputs, training=None):
+        outputs = self.bn(inputs, training=training)
+        return tf.nn.relu(outputs) if self.relu else outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(relu=self.relu, zero_init=self.zero_init,
+                      center=self.center, momentum=self.momentum,
+                      epsilon=self.epsilon, synchronized=self.synchronized)
+        return config
+
+
+class NormalizedLayer(tf_keras.layers.Layer):
+    """Base for layers that build BatchNormRelu layers with shared settings."""
+
+    def __init__(self, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
+                 sync_bn: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.sync_bn = sync_bn
+
+    def batch_norm_relu(self, relu: bool = True, zero_init: bool = False,
+                        name: str = None) -> BatchNormRelu:
+        return BatchNormRelu(relu=relu, zero_init=zero_init,
+                             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                             synchronized=self.sync_bn, name=name)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                      sync_bn=self.sync_bn)
+        return config
