@@ -17,10 +17,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from simclr_tf2 import build_resnet  # noqa: E402  (sets TF_ENABLE_ONEDNN_OPTS)
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
-
-from simclr_tf2 import build_resnet  # noqa: E402
 
 CASES = [
     # name, build kwargs, image size, batch size
@@ -123,7 +122,8 @@ def main():
     report = {
         "benchmark": "backbone",
         "machine": {"processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "tensorflow": tf.__version__},
+                    "cpus": os.cpu_count(), "tensorflow": tf.__version__,
+                    "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS")},
         "matmul_gflops_per_second": {"before": round(matmul_before / 1e9, 1),
                                      "after": round(matmul_after / 1e9, 1)},
         "note": "fraction_of_matmul uses the matmul rate measured before the cases",

@@ -5,6 +5,14 @@ Public API:
                cifar_stem=False, ...) -> tf_keras model, images -> endpoint dict
   get_preset(name) -> ExperimentConfig
 """
+import os as _os
+
+# oneDNN kernels make CPU training ~1.4x faster (bench/RESULTS.md); TensorFlow
+# enables them by itself only on CPUs with AVX-512 VNNI/BF16 or AMX. Takes effect
+# only when simclr_tf2 is imported before TensorFlow; set
+# TF_ENABLE_ONEDNN_OPTS=0 to opt out.
+_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 from simclr_tf2.backbones import ENDPOINTS, ResNet, build_resnet, build_resnet_from_config
 from simclr_tf2.configs import (DataConfig, ExperimentConfig, ExportConfig, MemoryConfig,
                                 ModelConfig, TrainConfig, get_preset, preset_names)

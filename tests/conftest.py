@@ -2,6 +2,7 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as importing simclr_tf2 does
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -32,3 +33,16 @@ def logical_cpus(n):
     devices = tf.config.list_logical_devices("CPU")
     assert len(devices) >= n, f"need {n} logical CPUs, have {len(devices)}"
     return [d.name for d in devices[:n]]
+
+
+def mirrored_strategy(n):
+    """MirroredStrategy over n logical CPUs.
+
+    Strategies of different sizes in one process must not share collective
+    group keys (TF reuses key 1 for every new strategy, and a 4-device group
+    cannot join the 2-device group already registered under it), so each size
+    gets its own key range, as TensorFlow's own tests do.
+    """
+    strategy_cls = type(f"MirroredStrategy{n}", (tf.distribute.MirroredStrategy,),
+                        {"_collective_key_base": 1000 * n})
+    return strategy_cls(logical_cpus(n))

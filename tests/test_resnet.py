@@ -10,7 +10,7 @@ import tensorflow as tf
 import tf_keras
 
 import simclr_tf2
-from conftest import logical_cpus
+from conftest import mirrored_strategy
 from simclr_tf2 import ENDPOINTS, build_resnet, build_resnet_from_config, get_preset
 from simclr_tf2.backbones.resnet import ResNet
 
@@ -241,7 +241,7 @@ def test_bad_input_shape_is_a_clear_error():
 def _one_distributed_bn_step(sync_bn):
     """One training forward pass on 2 replicas whose inputs differ; returns
     the stem BN's input per replica and the BN layer."""
-    strategy = tf.distribute.MirroredStrategy(logical_cpus(2))
+    strategy = mirrored_strategy(2)
     with strategy.scope():
         model = build_resnet(18, 0.25, cifar_stem=True, sync_bn=sync_bn)
     images = np.random.rand(4, 8, 8, 3).astype(np.float32)
@@ -303,3 +303,15 @@ def test_works_whatever_tf_use_legacy_keras_says(legacy):
 def test_public_api():
     assert simclr_tf2.build_resnet is build_resnet
     assert simclr_tf2.get_preset("tiny").model.depth == 18
+
+
+@pytest.mark.parametrize("user_value,expected", [(None, "1"), ("0", "0")])
+def test_import_turns_on_onednn_unless_the_user_chose(user_value, expected):
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if user_value is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = user_value
+    code = "import os, simclr_tf2; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    result = subprocess.run([sys.executable, "-c", code], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == expected

@@ -102,8 +102,8 @@ class NormalizedLayer(tf_keras.layers.Layer):
         self.sync_bn = sync_bn
 
     def batch_norm_relu(self, relu: bool = True, zero_init: bool = False,
-                        name: str = None) -> BatchNormRelu:
-        return BatchNormRelu(relu=relu, zero_init=zero_init,
+                        center: bool = True, name: str = None) -> BatchNormRelu:
+        return BatchNormRelu(relu=relu, zero_init=zero_init, center=center,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              synchronized=self.sync_bn, name=name)
 
