@@ -1,6 +1,6 @@
 """Backbone training-step throughput against the machine's matmul throughput.
 
-    python bench/backbone.py [--steps 6] [--skip_bf16]
+    python bench/backbone.py [--steps 6] [--bf16_cases cifar_r18_32px_b128]
 
 Prints JSON. For each case: train-step (forward + backward + SGD update)
 images/s, forward FLOPs per image counted by the TF profiler on the traced
@@ -109,15 +109,20 @@ def run_case(name, kwargs, size, batch, steps, precision, matmul_fps):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6, help="timed steps per case")
-    parser.add_argument("--skip_bf16", action="store_true",
-                        help="skip the mixed_bfloat16 runs")
+    parser.add_argument("--bf16_cases", default="cifar_r18_32px_b128",
+                        help="comma-separated cases also run in mixed_bfloat16 "
+                             "('' for none; 'all'). On CPUs without native bfloat16 "
+                             "(AVX2 only) TensorFlow emulates it and the 224 px case "
+                             "takes tens of minutes.")
     args = parser.parse_args()
     matmul_before = matmul_flops_per_second()
     results = []
-    for precision in ["float32"] + ([] if args.skip_bf16 else ["mixed_bfloat16"]):
+    bf16 = set(args.bf16_cases.split(",")) if args.bf16_cases else set()
+    for precision in ["float32", "mixed_bfloat16"]:
         for name, kwargs, size, batch in CASES:
-            results.append(run_case(name, kwargs, size, batch, args.steps, precision,
-                                    matmul_before))
+            if precision == "float32" or name in bf16 or "all" in bf16:
+                results.append(run_case(name, kwargs, size, batch, args.steps, precision,
+                                        matmul_before))
     matmul_after = matmul_flops_per_second()
     report = {
         "benchmark": "backbone",
