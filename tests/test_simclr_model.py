@@ -66,7 +66,7 @@ def test_pretrain_supervised_head_does_not_shape_the_representation():
         loss = tf.reduce_sum(logits ** 2)
     grads = tape.gradient(loss, model.trainable_variables)
     for var, grad in zip(model.trainable_variables, grads):
-        if var.name.startswith("head_supervised/"):
+        if "head_supervised/" in var.name:
             assert grad is not None
         else:
             assert grad is None, var.name
@@ -82,7 +82,7 @@ def test_finetune_from_layer_one_drops_later_layers_and_trains_through():
     assert len(model.projection_head.dense_layers) == 1
     grads = tape.gradient(loss, model.trainable_variables)
     backbone_grads = [g for v, g in zip(model.trainable_variables, grads)
-                      if not v.name.startswith(("head_supervised/", "projection_head/"))]
+                      if "head_supervised/" not in v.name and "projection_head/" not in v.name]
     assert backbone_grads and all(g is not None for g in backbone_grads)
 
 
