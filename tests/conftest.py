@@ -1,4 +1,5 @@
 """Test set-up: 4 logical CPU devices (multi-replica tests), quiet TF logs."""
+import itertools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,14 +36,18 @@ def logical_cpus(n):
     return [d.name for d in devices[:n]]
 
 
+_strategies_made = itertools.count(1)
+
+
 def mirrored_strategy(n):
     """MirroredStrategy over n logical CPUs.
 
-    Strategies of different sizes in one process must not share collective
-    group keys (TF reuses key 1 for every new strategy, and a 4-device group
-    cannot join the 2-device group already registered under it), so each size
-    gets its own key range, as TensorFlow's own tests do.
+    Every new MirroredStrategy starts its collective group and instance keys
+    at 1, and the runtime remembers keys for the whole process: a second
+    strategy then joins the first one's group (wrong size) or instance (wrong
+    shape). Each strategy made here gets its own key range, as TensorFlow's
+    own tests do.
     """
     strategy_cls = type(f"MirroredStrategy{n}", (tf.distribute.MirroredStrategy,),
-                        {"_collective_key_base": 1000 * n})
+                        {"_collective_key_base": 100000 * next(_strategies_made)})
     return strategy_cls(logical_cpus(n))
