@@ -27,6 +27,7 @@ def _fresh_keras_state():
     np.random.seed(0)
     yield
     tf_keras.mixed_precision.set_global_policy("float32")
+    tf_keras.backend.set_floatx("float32")
 
 
 def logical_cpus(n):

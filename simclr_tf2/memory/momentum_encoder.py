@@ -58,6 +58,6 @@ class MomentumEncoder(tf.Module):
 
     def update(self) -> None:
         """One EMA step toward the online weights."""
-        m = tf.constant(self.momentum, tf.float32)
         for o, t in zip(self.online_variables, self.target_variables):
+            m = tf.constant(self.momentum, t.dtype)
             t.assign(m * t + (1.0 - m) * tf.cast(o, t.dtype))

@@ -40,14 +40,33 @@ class NegativeQueue(tf.Module):
         """[size] bool: which slots hold a real key."""
         return tf.range(self.size, dtype=tf.int64) < self.count
 
-    def enqueue(self, keys: tf.Tensor) -> None:
-        """Adds this step's keys ([local_batch, dim], from every replica)."""
-        keys, _ = gather_from_replicas(tf.stop_gradient(tf.cast(keys, tf.float32)))
-        num = tf.shape(keys, out_type=tf.int64)[0]
+    def enqueue(self, keys: tf.Tensor, num_views: int = 1) -> None:
+        """Adds this step's keys ([local_batch, dim], from every replica).
+
+        With `num_views` > 1 the local keys are num_views equal blocks (view
+        1 first); the gathered keys are reordered view-major, so the queue
+        holds the same rows in the same order whatever the replica count.
+        """
+        keys = tf.stop_gradient(tf.cast(keys, tf.float32))
+        gathered, _ = gather_from_replicas(keys)
+        if num_views > 1:
+            gathered = tf.reshape(gathered, [-1, num_views, tf.shape(keys)[0] // num_views,
+                                             self.dim])
+            gathered = tf.reshape(tf.transpose(gathered, [1, 0, 2, 3]), [-1, self.dim])
+            if keys.shape[0] is not None and gathered.shape[0] is None:
+                replicas = tf.distribute.get_strategy().num_replicas_in_sync
+                gathered = tf.ensure_shape(gathered, [keys.shape[0] * replicas, self.dim])
+        keys = gathered
+        if keys.shape[0] is not None:  # static shapes (XLA / TPU): plain ints
+            num = keys.shape[0]
+            keep = min(num, self.size)
+        else:
+            num = tf.shape(keys, out_type=tf.int64)[0]
+            keep = tf.minimum(num, self.size)
         # Only the newest `size` keys can survive one enqueue.
-        keep = tf.minimum(num, self.size)
         keys = keys[num - keep:]
-        positions = (self.count + (num - keep) + tf.range(keep, dtype=tf.int64)) % self.size
+        positions = (self.count + tf.cast(num - keep, tf.int64)
+                     + tf.range(keep, dtype=tf.int64)) % self.size
         self.keys.assign(tf.tensor_scatter_nd_update(
             self.keys, positions[:, None], keys))
-        self.count.assign_add(num)
+        self.count.assign_add(tf.cast(num, tf.int64))

@@ -58,16 +58,22 @@ def nt_xent_loss(hidden: tf.Tensor, temperature: float = 0.1,
     examples of the loss on the global batch: averaging it over replicas
     gives the one-replica loss of the same global batch.
     """
-    hidden = tf.cast(hidden, tf.float32)
+    if hidden.dtype in (tf.float16, tf.bfloat16):  # mixed precision
+        hidden = tf.cast(hidden, tf.float32)
     if hidden_norm:
         hidden = tf.math.l2_normalize(hidden, axis=-1)
     h1, h2 = tf.split(hidden, 2, axis=0)  # [local_batch, dim] each
-    h1_all, offset = gather_from_replicas(h1)  # [global_batch, dim]
-    h2_all, _ = gather_from_replicas(h2)
+    # One gather for both views: one collective per step instead of two.
+    both_all, offset = gather_from_replicas(hidden)  # [replicas * 2 * local, dim]
+    dim = hidden.shape[-1] if hidden.shape[-1] is not None else tf.shape(hidden)[1]
+    both_all = tf.reshape(both_all, [-1, 2, tf.shape(h1)[0], dim])
+    h1_all = tf.reshape(both_all[:, 0], [-1, dim])  # [global_batch, dim]
+    h2_all = tf.reshape(both_all[:, 1], [-1, dim])
+    offset = offset // 2
     local_batch = tf.shape(h1)[0]
     global_batch = tf.shape(h1_all)[0]
     positive_index = offset + tf.range(local_batch)
-    self_mask = tf.one_hot(positive_index, global_batch)  # [local, global]
+    self_mask = tf.one_hot(positive_index, global_batch, dtype=hidden.dtype)  # [local, global]
 
     def similarities(a, b):
         return tf.matmul(a, b, transpose_b=True) / temperature
@@ -79,15 +85,15 @@ def nt_xent_loss(hidden: tf.Tensor, temperature: float = 0.1,
     logits_a = [logits_ab, logits_aa]
     logits_b = [logits_ba, logits_bb]
     if queue is not None:
-        keys = tf.stop_gradient(tf.cast(queue, tf.float32))  # [queue_size, dim]
+        keys = tf.stop_gradient(tf.cast(queue, hidden.dtype))  # [queue_size, dim]
         penalty = 0.0
         if queue_valid is not None:
-            penalty = (1.0 - tf.cast(queue_valid, tf.float32))[None, :] * LARGE_NUM
+            penalty = (1.0 - tf.cast(queue_valid, hidden.dtype))[None, :] * LARGE_NUM
         logits_a.append(similarities(h1, keys) - penalty)
         logits_b.append(similarities(h2, keys) - penalty)
     logits_a = tf.concat(logits_a, axis=1)  # [local, 2 * global (+ queue)]
     logits_b = tf.concat(logits_b, axis=1)
-    labels = tf.one_hot(positive_index, tf.shape(logits_a)[1])
+    labels = tf.one_hot(positive_index, tf.shape(logits_a)[1], dtype=logits_a.dtype)
     loss_a = tf.nn.softmax_cross_entropy_with_logits(labels, logits_a)
     loss_b = tf.nn.softmax_cross_entropy_with_logits(labels, logits_b)
     loss = tf.reduce_mean(loss_a + loss_b)

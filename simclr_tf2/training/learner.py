@@ -1,0 +1,201 @@
+"""The model, its optimizer and memory, and one training step per mode.
+
+`Learner` owns everything a training run updates and exposes the per-replica
+step (`replica_step`, what a TPU core runs; it compiles with XLA) and the
+distributed step (`distributed_step`) that the training loop calls.
+"""
+import dataclasses
+import math
+from typing import Dict, Optional
+
+import tensorflow as tf
+import tf_keras
+
+from simclr_tf2.configs.schema import ExperimentConfig, check
+from simclr_tf2.memory import MomentumEncoder, NegativeQueue
+from simclr_tf2.models.simclr_model import SimCLRModel
+from simclr_tf2.objectives.nt_xent import nt_xent_loss
+from simclr_tf2.optim import (build_optimizer, scaled_learning_rate,
+                              warmup_cosine_schedule, warmup_steps_for,
+                              weight_decay_loss)
+
+LEARNER_MODES = ("pretrain", "finetune", "linear_eval")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleSteps:
+    total_steps: int
+    warmup_steps: int
+    steps_per_epoch: int
+
+
+def schedule_steps(config: ExperimentConfig, num_train_examples: int) -> ScheduleSteps:
+    """Training length from train_steps (if > 0) or train_epochs, and warm-up."""
+    batch = config.train.train_batch_size
+    check(num_train_examples >= batch,
+          f"the training set has {num_train_examples} examples, fewer than one "
+          f"batch (train_batch_size={batch}); lower train_batch_size")
+    steps_per_epoch = num_train_examples // batch
+    total = config.train.train_steps or int(
+        math.ceil(config.train.train_epochs * num_train_examples / batch))
+    warmup = min(warmup_steps_for(config.train.warmup_epochs, steps_per_epoch), total)
+    return ScheduleSteps(total, warmup, steps_per_epoch)
+
+
+def _num_replicas() -> int:
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def supervised_loss(labels: tf.Tensor, logits: tf.Tensor):
+    """Mean cross-entropy and accuracy over rows with a label >= 0 (the rest
+    are unlabeled); returns zeros when no row has a label."""
+    if logits.dtype in (tf.float16, tf.bfloat16):  # mixed precision
+        logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    mask = tf.cast(labels >= 0, logits.dtype)
+    safe = tf.maximum(labels, 0)
+    per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(safe, logits)
+    count = tf.maximum(tf.reduce_sum(mask), 1.0)
+    loss = tf.reduce_sum(per_row * mask) / count
+    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), safe),
+                      logits.dtype)
+    return loss, tf.reduce_sum(correct * mask) / count
+
+
+class Learner(tf.Module):
+    """Model, optimizer, schedule and (pretraining) memory for one mode.
+
+    Create it inside `strategy.scope()`. Modes:
+      pretrain: NT-Xent on two views (+ queued negatives when
+        memory.queue_size > 0) and, with labels and num_classes > 0, a linear
+        head on stop_gradient features (linear eval while pretraining).
+      finetune: cross-entropy on one view through the head chosen by
+        ft_proj_selector; model.fine_tune_after_block freezes a prefix.
+      linear_eval: like finetune, but only the supervised head trains.
+    Batches are dicts: pretrain {'view1', 'view2', optional 'label'},
+    otherwise {'image', 'label'}; labels < 0 mean "unlabeled".
+    """
+
+    def __init__(self, config: ExperimentConfig, mode: str, total_steps: int,
+                 warmup_steps: int = 0, name: str = "learner"):
+        super().__init__(name=name)
+        check(mode in LEARNER_MODES,
+              f"mode must be one of {list(LEARNER_MODES)}. Received: {mode!r}")
+        self.config = config
+        self.mode = mode
+        train = config.train
+        model_cfg = config.model
+        if mode != "pretrain":
+            check(model_cfg.num_classes > 0, f"mode {mode!r} needs a supervised "
+                  "head: set model.num_classes to the number of classes")
+        if mode == "linear_eval":
+            model_cfg = dataclasses.replace(model_cfg, fine_tune_after_block=4)
+        self.model_config = model_cfg
+        image_size = config.data.image_size
+        self._dummy = tf.zeros([1, image_size, image_size, 3])
+        self.model = self._build_model()
+        if mode == "linear_eval":
+            self.model.projection_head.trainable = False
+        self.peak_learning_rate = scaled_learning_rate(
+            train.learning_rate, train.train_batch_size, train.learning_rate_scaling)
+        self.learning_rate = warmup_cosine_schedule(
+            self.peak_learning_rate, total_steps, warmup_steps)
+        self.optimizer = build_optimizer(train.optimizer, self.learning_rate,
+                                         momentum=train.momentum,
+                                         weight_decay=train.weight_decay)
+        self.momentum_encoder: Optional[MomentumEncoder] = None
+        self.queue: Optional[NegativeQueue] = None
+        if mode == "pretrain" and config.memory.queue_size > 0:
+            self.momentum_encoder = MomentumEncoder(
+                self.model, self._build_model, momentum=config.memory.momentum)
+            key_dim = int(self.model(self._dummy)["proj_head_output"].shape[-1])
+            self.queue = NegativeQueue(config.memory.queue_size, key_dim)
+
+    def _build_model(self) -> SimCLRModel:
+        model = SimCLRModel(
+            self.model_config,
+            mode="pretrain" if self.mode == "pretrain" else "finetune",
+            zero_init_logits_layer=self.config.train.zero_init_logits_layer)
+        model(self._dummy, training=False)
+        return model
+
+    @property
+    def step(self) -> tf.Variable:
+        return self.optimizer.iterations
+
+    def checkpoint_items(self) -> Dict[str, tf.Module]:
+        """What a checkpoint of this run holds."""
+        items = {"model": self.model, "optimizer": self.optimizer}
+        if self.momentum_encoder is not None:
+            items["momentum_encoder"] = self.momentum_encoder.target
+            items["queue"] = self.queue
+        return items
+
+    # ------------------------------------------------------------------ steps
+    def _losses(self, batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        train = self.config.train
+        metrics = {}
+        if self.mode == "pretrain":
+            views = [batch["view1"], batch["view2"]]
+            outputs = self.model(views, training=True)
+            queue = valid = None
+            if self.queue is not None:
+                queue, valid = self.queue.keys, self.queue.valid
+            contrast = nt_xent_loss(outputs["proj_head_output"], train.temperature,
+                                    train.hidden_norm, queue=queue, queue_valid=valid)
+            loss = contrast.loss
+            metrics.update(contrast_loss=contrast.loss,
+                           contrast_acc=contrast.accuracy,
+                           contrast_entropy=contrast.entropy)
+            if "logits_sup" in outputs and "label" in batch:
+                labels = tf.concat([batch["label"], batch["label"]], axis=0)
+                sup, acc = supervised_loss(labels, outputs["logits_sup"])
+                loss += sup
+                metrics.update(sup_loss=sup, sup_acc=acc)
+        else:
+            outputs = self.model(batch["image"], training=True)
+            sup, acc = supervised_loss(batch["label"], outputs["logits_sup"])
+            loss = sup
+            metrics.update(sup_loss=sup, sup_acc=acc)
+        decay = weight_decay_loss(train.optimizer, self.model.trainable_variables,
+                                  train.weight_decay)
+        metrics["weight_decay_loss"] = decay
+        metrics["loss"] = loss + tf.cast(decay, loss.dtype)
+        return metrics
+
+    def replica_step(self, batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        """One step on this replica's batch; returns its metrics (local means).
+
+        Gradients of loss / num_replicas are summed across replicas by
+        apply_gradients, which gives the gradient of the global-batch mean.
+        With memory, the momentum encoder's projections of both views are
+        computed before the update and enqueued after it, and the EMA update
+        follows the optimizer step.
+        """
+        keys = None
+        if self.momentum_encoder is not None:
+            views = [batch["view1"], batch["view2"]]
+            keys = self.momentum_encoder.target(views, training=True)["proj_head_output"]
+            if self.config.train.hidden_norm:
+                keys = tf.math.l2_normalize(keys, axis=-1)
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            metrics = self._losses(batch)
+            scaled = metrics["loss"] / _num_replicas()
+        grads = tape.gradient(scaled, variables)
+        # Variables outside this step's loss (e.g. the linear head of a
+        # pretraining batch without labels) have no gradient.
+        self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(grads, variables) if g is not None])
+        if self.momentum_encoder is not None:
+            self.momentum_encoder.update()
+            self.queue.enqueue(keys, num_views=2)
+        metrics["learning_rate"] = self.learning_rate(self.optimizer.iterations - 1)
+        return metrics
+
+    def distributed_step(self, strategy: tf.distribute.Strategy,
+                         batch) -> Dict[str, tf.Tensor]:
+        """Runs `replica_step` on every replica; metrics averaged over replicas."""
+        per_replica = strategy.run(self.replica_step, args=(batch,))
+        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+                for k, v in per_replica.items()}

@@ -1,0 +1,199 @@
+"""The training step of every mode: learning signal, memory, replicas, XLA."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from conftest import mirrored_strategy
+from simclr_tf2 import get_preset
+from simclr_tf2.data.builtin import load_builtin
+from simclr_tf2.training import Learner, schedule_steps, supervised_loss
+
+
+def _config(batch=16, queue=0, **overrides):
+    values = {"train.train_batch_size": batch, "memory.queue_size": queue}
+    values.update(overrides)
+    return get_preset("tiny").override(**values)
+
+
+def _digits(n, offset=0):
+    data = load_builtin("digits", "train", 32)
+    return (tf.constant(data.images[offset:offset + n]),
+            tf.constant(data.labels[offset:offset + n], tf.int32))
+
+
+def _pretrain_batch(n, offset=0, labels=True):
+    images, y = _digits(n, offset)
+    batch = {"view1": images, "view2": tf.image.flip_left_right(images) * 0.9}
+    if labels:
+        batch["label"] = y
+    return batch
+
+
+@pytest.mark.parametrize("queue", [0, 64])
+def test_pretraining_reduces_contrastive_loss_on_a_fixed_batch(queue):
+    learner = Learner(_config(queue=queue), "pretrain", total_steps=30)
+    step = tf.function(learner.replica_step)
+    batch = _pretrain_batch(16, labels=False)
+    history = [step(batch) for _ in range(30)]
+    losses = np.array([float(m["contrast_loss"]) for m in history])
+    assert np.all(np.isfinite(losses))
+    # With memory the first steps fill the queue (64 keys = 2 steps), which
+    # raises the loss; compare from the first step with a full queue.
+    start = losses[2:5].mean() if queue else losses[:3].mean()
+    assert losses[-3:].mean() < 0.8 * start, losses
+    assert float(history[-1]["contrast_acc"]) > 0.9
+    if queue:
+        assert int(learner.queue.count) == 30 * 32
+
+
+def test_memory_step_moves_ema_and_enqueues_pre_update_keys():
+    learner = Learner(_config(batch=8, queue=48), "pretrain", total_steps=10)
+    encoder = learner.momentum_encoder
+    batch = _pretrain_batch(8)
+    target_before = [v.numpy() for v in encoder.target_variables]
+    # Keys are projections by the target as it was before the step (batch
+    # norm in training mode uses batch statistics, so this call is pure).
+    keys = encoder.target([batch["view1"], batch["view2"]],
+                          training=True)["proj_head_output"]
+    keys = tf.math.l2_normalize(keys, axis=-1).numpy()
+    learner.replica_step(batch)
+    m = learner.config.memory.momentum
+    online_after = [v.numpy() for v in encoder.online_variables]
+    for t, before, online in zip(encoder.target_variables, target_before, online_after):
+        np.testing.assert_allclose(t.numpy(), m * before + (1 - m) * online,
+                                   rtol=1e-5, atol=1e-6, err_msg=t.name)
+    assert int(learner.queue.count) == 16
+    np.testing.assert_allclose(learner.queue.keys.numpy()[:16], keys, atol=1e-5)
+    assert not learner.queue.valid.numpy()[16:].any()
+
+
+def _run_steps(strategy, config, batches, source):
+    """Builds a learner under `strategy` (weights copied from `source`) and
+    runs one distributed step per batch; returns (learner, losses)."""
+    replicas = strategy.num_replicas_in_sync
+    model_weights = [v.numpy() for v in source.model.weights]
+    target_weights = ([v.numpy() for v in source.momentum_encoder.target.weights]
+                      if source.momentum_encoder is not None else [])
+    with strategy.scope():
+        learner = Learner(config, "pretrain", total_steps=len(batches))
+        learner.model.set_weights(model_weights)
+        if target_weights:
+            learner.momentum_encoder.target.set_weights(target_weights)
+    step = tf.function(lambda b: learner.distributed_step(strategy, b))
+    losses = []
+    for batch in batches:
+        def split(context, batch=batch):
+            i = context.replica_id_in_sync_group
+            return {k: tf.split(v, replicas)[i] for k, v in batch.items()}
+        per_replica = strategy.experimental_distribute_values_from_function(split)
+        losses.append({k: float(v) for k, v in step(per_replica).items()})
+    return learner, losses
+
+
+@pytest.mark.parametrize("replicas,queue", [(2, 0), (2, 32), (4, 32)])
+def test_multi_replica_steps_equal_one_replica_on_the_same_global_batch(replicas, queue):
+    """In float64, so that the comparison checks the distributed logic (sync
+    BN, gathered negatives, gradient sums, EMA, queue) and not float32
+    round-off: the gradients of this network are ill-conditioned enough that
+    float32 alone differs from float64 by up to ~10% on some batch-norm
+    betas, with or without replicas."""
+    tf_keras.backend.set_floatx("float64")
+    tf_keras.mixed_precision.set_global_policy("float64")
+    # tf-models-official's LARS multiplies by Python floats, so float32 only;
+    # the optimizer sees the same summed gradients either way.
+    config = _config(batch=16, queue=queue, **{"train.learning_rate": 0.05,
+                                               "train.optimizer": "momentum"})
+    batches = [{k: tf.cast(v, tf.float64) if v.dtype.is_floating else v
+                for k, v in _pretrain_batch(16, offset=16 * i).items()}
+               for i in range(3)]
+    with mirrored_strategy(1).scope():
+        source = Learner(config, "pretrain", total_steps=3)
+    one, one_losses = _run_steps(mirrored_strategy(1), config, batches, source)
+    many, many_losses = _run_steps(mirrored_strategy(replicas), config, batches, source)
+    for a, b in zip(one_losses, many_losses):
+        for key in ("loss", "contrast_loss", "contrast_acc", "sup_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-7, abs=1e-9), key
+    assert one_losses[0]["loss"] != one_losses[-1]["loss"]
+    for a, b in zip(one.model.weights, many.model.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-9,
+                                   err_msg=a.name)
+    if queue:
+        assert many.queue.count.numpy() == one.queue.count.numpy() == 3 * 32
+        np.testing.assert_allclose(many.queue.keys.numpy(), one.queue.keys.numpy(),
+                                   atol=1e-6)
+        for a, b in zip(one.momentum_encoder.target_variables,
+                        many.momentum_encoder.target_variables):
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode,queue", [("pretrain", 0), ("pretrain", 32),
+                                        ("finetune", 0), ("linear_eval", 0)])
+def test_replica_step_compiles_with_xla(mode, queue):
+    """TPU compatibility: the per-replica step has no op XLA cannot compile."""
+    learner = Learner(_config(batch=8, queue=queue), mode, total_steps=5)
+    if mode == "pretrain":
+        batch = _pretrain_batch(8)
+    else:
+        images, labels = _digits(8)
+        batch = {"image": images, "label": labels}
+    step = tf.function(learner.replica_step, jit_compile=True)
+    hlo = step.experimental_get_compiler_ir(batch)(stage="hlo")
+    assert "HloModule" in hlo
+    metrics = step(batch)
+    assert np.isfinite(float(metrics["loss"]))
+    assert int(learner.step) == 1
+
+
+def test_finetune_learns_and_linear_eval_trains_only_the_head():
+    images, labels = _digits(32)
+    batch = {"image": images, "label": labels}
+    config = _config(batch=32, **{"train.learning_rate": 0.1,
+                                  "train.optimizer": "momentum"})
+    finetune = Learner(config, "finetune", total_steps=25)
+    step = tf.function(finetune.replica_step)
+    losses = [float(step(batch)["sup_loss"]) for _ in range(25)]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+    linear = Learner(config, "linear_eval", total_steps=5)
+    head = linear.model.supervised_head
+    frozen = [w for w in linear.model.weights
+              if not any(w is h for h in head.weights)]
+    before = [w.numpy() for w in frozen]
+    head_before = [w.numpy() for w in head.weights]
+    step = tf.function(linear.replica_step)
+    for _ in range(5):
+        step(batch)
+    assert [v.name for v in linear.model.trainable_variables] == \
+        [v.name for v in head.trainable_variables]
+    for w, b in zip(frozen, before):  # includes batch-norm moving statistics
+        np.testing.assert_array_equal(w.numpy(), b, err_msg=w.name)
+    assert any(not np.allclose(w.numpy(), b) for w, b in zip(head.weights, head_before))
+
+
+def test_supervised_modes_need_classes():
+    config = _config(**{"model.num_classes": 0})
+    with pytest.raises(ValueError, match="model.num_classes"):
+        Learner(config, "finetune", total_steps=1)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        Learner(config, "train", total_steps=1)
+
+
+def test_supervised_loss_ignores_unlabeled_rows():
+    logits = tf.constant([[2.0, 0.0], [0.0, 3.0], [5.0, -5.0]])
+    loss, acc = supervised_loss(tf.constant([0, 0, -1]), logits)
+    expected = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(3.0))])
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert float(acc) == pytest.approx(0.5)
+    loss, acc = supervised_loss(tf.constant([-1, -1, -1]), logits)
+    assert float(loss) == 0.0 and float(acc) == 0.0
+
+
+def test_schedule_steps_from_epochs_or_steps():
+    config = _config(batch=32, **{"train.train_epochs": 3, "train.warmup_epochs": 0.5})
+    steps = schedule_steps(config, 1000)
+    assert (steps.total_steps, steps.warmup_steps, steps.steps_per_epoch) == (94, 16, 31)
+    steps = schedule_steps(config.override(**{"train.train_steps": 7}), 1000)
+    assert steps.total_steps == 7 and steps.warmup_steps == 7
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        schedule_steps(config, 10)
