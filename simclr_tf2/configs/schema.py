@@ -108,6 +108,11 @@ class DataConfig:
     cache: bool = False
     shuffle_buffer: int = 10000
     seed: int = 0
+    # Let tfds download and prepare a dataset that is not in data_dir yet.
+    tfds_download: bool = False
+    # Fully decode every image of a folder once when it is scanned, so corrupt
+    # files are skipped up front (turn off for very large folders).
+    verify_images: bool = True
 
     def __post_init__(self):
         check(bool(self.dataset), "dataset must be set. Received: dataset=''")

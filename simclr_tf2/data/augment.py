@@ -1,0 +1,206 @@
+"""SimCLR augmentations (SIMCLRV2_FACTS.md section 6) as pure functions.
+
+Every function takes one image [H, W, 3] float32 in [0, 1] and, when it is
+random, an explicit stateless seed (int32 [2]): the same seed gives the same
+output, so pipelines are deterministic however many threads run them.
+Hand-written: tf.image has the primitives (crop box sampling, colour ops) but
+not SimCLR's composition (random order, per-image blur, crop-then-resize).
+"""
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+CROP_AREA_RANGE = (0.08, 1.0)
+CROP_ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
+CROP_MIN_OBJECT_COVERED = 0.1
+CROP_MAX_ATTEMPTS = 100
+EVAL_CROP_PROPORTION = 0.875
+COLOR_JITTER_PROB = 0.8
+COLOR_DROP_PROB = 0.2
+BLUR_PROB = 0.5
+BLUR_SIGMA_RANGE = (0.1, 2.0)
+
+
+def split_seed(seed: tf.Tensor, num: int) -> Sequence[tf.Tensor]:
+    """`num` independent stateless seeds derived from `seed`."""
+    return tf.unstack(tf.random.experimental.stateless_split(seed, num))
+
+
+def _uniform(seed, low, high, shape=()):
+    return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
+
+
+def random_apply(fn: Callable[[tf.Tensor], tf.Tensor], p: float,
+                 image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """fn(image) with probability p, else image."""
+    return tf.cond(_uniform(seed, 0.0, 1.0) < p, lambda: fn(image), lambda: image)
+
+
+# ---------------------------------------------------------------- geometry
+def crop_window(image_shape: tf.Tensor, seed: tf.Tensor, area_range=CROP_AREA_RANGE,
+                aspect_range=CROP_ASPECT_RANGE,
+                min_object_covered: float = CROP_MIN_OBJECT_COVERED,
+                max_attempts: int = CROP_MAX_ATTEMPTS) -> tf.Tensor:
+    """[offset_y, offset_x, height, width] of a random crop (Inception-style:
+    area fraction and pixel aspect ratio within the ranges; the whole image
+    when no attempt fits)."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        image_shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed, min_object_covered=min_object_covered,
+        aspect_ratio_range=aspect_range, area_range=area_range,
+        max_attempts=max_attempts, use_image_if_no_bounding_boxes=True)
+    return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
+def resize(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Bicubic resize to size x size, clipped back to [0, 1]."""
+    image = tf.image.resize(image, [size, size], method="bicubic")
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
+    """Random crop (area [0.08, 1], aspect [3/4, 4/3]) then bicubic resize."""
+    window = crop_window(tf.shape(image), seed)
+    crop = tf.image.crop_to_bounding_box(image, window[0], window[1],
+                                         window[2], window[3])
+    return resize(crop, size)
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Horizontal flip with p = 0.5."""
+    return tf.image.stateless_random_flip_left_right(image, seed)
+
+
+def center_crop(image: tf.Tensor, size: int,
+                crop_proportion: float = EVAL_CROP_PROPORTION) -> tf.Tensor:
+    """Central crop of `crop_proportion` of the shorter side (aspect
+    preserving for a square output), then bicubic resize."""
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    side = tf.cast(tf.round(crop_proportion * tf.cast(tf.minimum(height, width),
+                                                      tf.float32)), tf.int32)
+    side = tf.maximum(side, 1)
+    top = (height - side + 1) // 2
+    left = (width - side + 1) // 2
+    return resize(tf.image.crop_to_bounding_box(image, top, left, side, side), size)
+
+
+# ------------------------------------------------------------------ colour
+def color_jitter_params(seed: tf.Tensor, strength: float):
+    """(order [4] int32, brightness, contrast, saturation, hue) for one image:
+    factors in [max(0, 1 - 0.8s), 1 + 0.8s], hue shift in
+    [-0.2s, 0.2s], the order a uniform random permutation of the four ops."""
+    amount = 0.8 * strength
+    order_seed, b_seed, c_seed, s_seed, h_seed = split_seed(seed, 5)
+    low = max(0.0, 1.0 - amount)
+    order = tf.argsort(tf.random.stateless_uniform([4], order_seed))
+    return (order, _uniform(b_seed, low, 1.0 + amount),
+            _uniform(c_seed, low, 1.0 + amount),
+            _uniform(s_seed, low, 1.0 + amount),
+            _uniform(h_seed, -0.2 * strength, 0.2 * strength))
+
+
+def apply_color_jitter(image: tf.Tensor, order: tf.Tensor, brightness, contrast,
+                       saturation, hue) -> tf.Tensor:
+    """Applies op order[0], then order[1], ... (0 brightness: x * b, 1
+    contrast, 2 saturation, 3 hue), clipping to [0, 1] after each."""
+    ops = [
+        lambda x: x * brightness,
+        lambda x: tf.image.adjust_contrast(x, contrast),
+        lambda x: tf.image.adjust_saturation(x, saturation),
+        lambda x: tf.image.adjust_hue(x, hue),
+    ]
+    for position in range(len(ops)):
+        branches = [lambda fn=fn, x=image: tf.clip_by_value(fn(x), 0.0, 1.0)
+                    for fn in ops]
+        image = tf.ensure_shape(tf.switch_case(order[position], branches),
+                                [None, None, 3])
+    return image
+
+
+def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
+    """Brightness, contrast, saturation and hue jitter of strength s in a random
+    order (see color_jitter_params), clipping to [0, 1] after each."""
+    return apply_color_jitter(image, *color_jitter_params(seed, strength))
+
+
+def color_drop(image: tf.Tensor) -> tf.Tensor:
+    """Greyscale, kept as three channels."""
+    return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
+
+
+def random_color_distortion(image: tf.Tensor, seed: tf.Tensor,
+                            strength: float) -> tf.Tensor:
+    """Colour jitter with p = 0.8, then colour drop with p = 0.2."""
+    apply_seed, jitter_seed, drop_seed = split_seed(seed, 3)
+    image = random_apply(lambda x: color_jitter(x, jitter_seed, strength),
+                         COLOR_JITTER_PROB, image, apply_seed)
+    return random_apply(color_drop, COLOR_DROP_PROB, image, drop_seed)
+
+
+# -------------------------------------------------------------------- blur
+def blur_kernel_size(image_size: int) -> int:
+    """Odd kernel of about 10% of the side: 23 taps at 224 px."""
+    return 2 * (image_size // 20) + 1
+
+
+def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, kernel_size: int) -> tf.Tensor:
+    """Separable Gaussian blur (zero padding at the borders, as the authors')."""
+    radius = kernel_size // 2
+    x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+    weights = tf.exp(-tf.square(x) / (2.0 * tf.square(tf.cast(sigma, tf.float32))))
+    weights /= tf.reduce_sum(weights)
+    channels = 3
+    vertical = tf.tile(tf.reshape(weights, [kernel_size, 1, 1, 1]), [1, 1, channels, 1])
+    horizontal = tf.reshape(vertical, [1, kernel_size, channels, 1])
+    batch = image[None]
+    batch = tf.nn.depthwise_conv2d(batch, horizontal, [1, 1, 1, 1], "SAME")
+    batch = tf.nn.depthwise_conv2d(batch, vertical, [1, 1, 1, 1], "SAME")
+    return batch[0]
+
+
+def blur_sigma(seed: tf.Tensor) -> tf.Tensor:
+    """sigma ~ U[0.1, 2.0]."""
+    return _uniform(seed, *BLUR_SIGMA_RANGE)
+
+
+def random_blur(image: tf.Tensor, seed: tf.Tensor, image_size: int,
+                p: float = BLUR_PROB) -> tf.Tensor:
+    """Per-image Gaussian blur with probability p, sigma ~ U[0.1, 2.0]."""
+    apply_seed, sigma_seed = split_seed(seed, 2)
+    sigma = blur_sigma(sigma_seed)
+    return random_apply(lambda x: gaussian_blur(x, sigma, blur_kernel_size(image_size)),
+                        p, image, apply_seed)
+
+
+# ----------------------------------------------------------------- recipes
+def pretrain_view(image: tf.Tensor, seed: tf.Tensor, size: int,
+                  color_strength: float = 1.0, blur: bool = True) -> tf.Tensor:
+    """One SimCLR pretraining view: crop + flip, colour distortion, blur."""
+    crop_seed, flip_seed, color_seed, blur_seed = split_seed(seed, 4)
+    image = random_resized_crop(image, crop_seed, size)
+    image = random_flip(image, flip_seed)
+    image = random_color_distortion(image, color_seed, color_strength)
+    if blur:
+        image = random_blur(image, blur_seed, size)
+    return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [size, size, 3])
+
+
+def finetune_view(image: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
+    """Fine-tuning: crop + flip only."""
+    crop_seed, flip_seed = split_seed(seed, 2)
+    image = random_flip(random_resized_crop(image, crop_seed, size), flip_seed)
+    return tf.ensure_shape(image, [size, size, 3])
+
+
+def eval_view(image: tf.Tensor, size: int, crop: bool = True) -> tf.Tensor:
+    """Evaluation: centre crop of 87.5% then resize; `crop=False` (small images,
+    e.g. 32 px, as the authors do for CIFAR) only resizes."""
+    image = center_crop(image, size) if crop else resize(image, size)
+    return tf.ensure_shape(image, [size, size, 3])
+
+
+def use_eval_crop(image_size: int) -> bool:
+    """The authors skip the eval centre crop for images of 32 px or less."""
+    return image_size > 32
+

@@ -1,0 +1,154 @@
+"""tf.data pipelines: shard, shuffle, augment, batch, prefetch.
+
+Elements: pretrain {'view1', 'view2', 'label', 'index'}; finetune and eval
+{'image', 'label', 'index'}. Training batches are static (drop_remainder, for
+TPU); the last eval batch is padded to full size with label -1 and index -1
+(every loss and metric here ignores label -1), so eval covers every example
+with static shapes too.
+"""
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from simclr_tf2.configs.schema import DataConfig
+from simclr_tf2.data import augment
+from simclr_tf2.data.sources import DataError, Source
+
+PIPELINE_MODES = ("pretrain", "finetune", "eval")
+
+
+def shard_indices(indices: np.ndarray, context: Optional[tf.distribute.InputContext]
+                  ) -> np.ndarray:
+    """This input pipeline's share: every num_input_pipelines-th example."""
+    if context is None or context.num_input_pipelines == 1:
+        return indices
+    return indices[context.input_pipeline_id::context.num_input_pipelines]
+
+
+def per_replica_batch_size(global_batch_size: int,
+                           context: Optional[tf.distribute.InputContext]) -> int:
+    if context is None:
+        return global_batch_size
+    replicas = context.num_replicas_in_sync
+    if global_batch_size % replicas:
+        raise DataError(f"batch size {global_batch_size} is not divisible by the "
+                        f"{replicas} replicas: use a multiple of {replicas}")
+    return global_batch_size // replicas
+
+
+def _pad_batch(batch, batch_size):
+    missing = batch_size - tf.shape(batch["label"])[0]
+
+    def pad(value, fill):
+        paddings = [[0, missing]] + [[0, 0]] * (len(value.shape) - 1)
+        padded = tf.pad(value, paddings, constant_values=tf.cast(fill, value.dtype))
+        return tf.ensure_shape(padded, [batch_size] + value.shape[1:].as_list())
+    return {k: pad(v, -1 if k in ("label", "index") else 0) for k, v in batch.items()}
+
+
+def _eval_filler_batches(total: int, local: int, batch: int,
+                         context: Optional[tf.distribute.InputContext]) -> int:
+    """All-padding batches to append so that every replica of every pipeline
+    gets the same number of eval batches (a replica without a batch would end
+    the distributed loop early and drop examples)."""
+    pipelines = context.num_input_pipelines if context else 1
+    replicas = context.num_replicas_in_sync if context else 1
+    per_pipeline = max(replicas // pipelines, 1)
+    most = -(-total // pipelines)  # the largest shard
+    needed = -(-most // batch)
+    needed = -(-needed // per_pipeline) * per_pipeline
+    return needed - (-(-local // batch))
+
+
+def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
+                  indices: Optional[np.ndarray] = None,
+                  color_strength: float = 1.0, blur: bool = True, seed: int = 0,
+                  shuffle_buffer: int = 10000, cache: bool = False,
+                  repeat: Optional[bool] = None,
+                  input_context: Optional[tf.distribute.InputContext] = None
+                  ) -> tf.data.Dataset:
+    """Batches of `batch_size` (per replica when `input_context` is given, in
+    which case `batch_size` is the global batch) for `mode`.
+
+    Deterministic for a given seed: shuffling is seeded and every augmentation
+    draws from a stateless seed made of (seed, pipeline id, example counter).
+    Training modes repeat forever unless repeat=False; eval runs one pass.
+    """
+    if mode not in PIPELINE_MODES:
+        raise DataError(f"mode must be one of {list(PIPELINE_MODES)}. Received: {mode!r}")
+    training = mode != "eval"
+    repeat = training if repeat is None else repeat
+    local_batch = per_replica_batch_size(batch_size, input_context)
+    if indices is None:
+        indices = np.arange(len(source))
+    total = len(indices)
+    indices = shard_indices(np.asarray(indices, np.int64), input_context)
+    if training and len(indices) < local_batch:
+        raise DataError(f"{len(indices)} examples cannot fill one batch of "
+                        f"{local_batch}: lower the batch size")
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    ds = source.dataset(indices)
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(shuffle_buffer, len(indices)) or 1, seed=seed,
+                        reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.enumerate()
+    base = tf.constant(seed * 1_000_003 + pipeline_id, tf.int64)
+    view = _view_fn(mode, image_size, color_strength, blur)
+
+    def transform(counter, example):
+        out = view(example["image"], tf.stack([base, counter]))
+        out.update(label=example["label"], index=example["index"])
+        return out
+
+    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=training)
+    if not training:
+        ds = ds.map(lambda b: _pad_batch(b, local_batch))
+        extra = _eval_filler_batches(total, len(indices), local_batch, input_context)
+        if extra:
+            filler = ds.take(1).map(lambda b: {k: tf.fill(tf.shape(v), tf.cast(
+                -1 if k in ("label", "index") else 0, v.dtype)) for k, v in b.items()})
+            ds = ds.concatenate(filler.repeat(extra))
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_optimization.map_parallelization = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _view_fn(mode: str, image_size: int, color_strength: float, blur: bool
+             ) -> Callable[[tf.Tensor, tf.Tensor], dict]:
+    if mode == "pretrain":
+        def views(image, seed):
+            first, second = augment.split_seed(seed, 2)
+            return {"view1": augment.pretrain_view(image, first, image_size,
+                                                   color_strength, blur),
+                    "view2": augment.pretrain_view(image, second, image_size,
+                                                   color_strength, blur)}
+        return views
+    if mode == "finetune":
+        return lambda image, seed: {"image": augment.finetune_view(image, seed, image_size)}
+    crop = augment.use_eval_crop(image_size)
+    return lambda image, seed: {"image": augment.eval_view(image, image_size, crop)}
+
+
+def build_from_config(config: DataConfig, source: Source, mode: str, batch_size: int,
+                      indices: Optional[np.ndarray] = None,
+                      input_context: Optional[tf.distribute.InputContext] = None,
+                      repeat: Optional[bool] = None) -> tf.data.Dataset:
+    """`build_dataset` with the augmentation and input settings of `config`."""
+    return build_dataset(source, mode, batch_size, config.image_size, indices,
+                         color_strength=config.color_jitter_strength,
+                         blur=config.use_blur, seed=config.seed,
+                         shuffle_buffer=config.shuffle_buffer, cache=config.cache,
+                         repeat=repeat, input_context=input_context)
+
+
+def distribute(strategy: tf.distribute.Strategy,
+               make: Callable[[tf.distribute.InputContext], tf.data.Dataset]):
+    """Per-replica datasets through `distribute_datasets_from_function`."""
+    return strategy.distribute_datasets_from_function(make)

@@ -1,0 +1,77 @@
+"""Labelled subsets: deterministic, stratified label fractions or ID lists.
+
+The examples outside the subset stay in the source: pretraining and
+distillation read every training image, fine-tuning reads only the subset.
+"""
+import os
+from typing import Optional
+
+import numpy as np
+
+from simclr_tf2.data.sources import DataError, Source
+
+
+def stratified_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Sorted indices of round(fraction * n_c) seeded examples of every class c.
+
+    Raises DataError when a class would get no example (the fraction is too
+    small for that class) or when there are no labels.
+    """
+    labels = np.asarray(labels)
+    if not 0 < fraction <= 1:
+        raise DataError(f"label_fraction must be in (0, 1]. Received: {fraction!r}")
+    classes = np.unique(labels[labels >= 0])
+    if len(classes) == 0:
+        raise DataError("a label fraction needs labelled data; this source has none")
+    rng = np.random.RandomState(seed)
+    chosen = []
+    for label in classes:
+        members = np.flatnonzero(labels == label)
+        take = int(round(fraction * len(members)))
+        if take == 0:
+            raise DataError(
+                f"label_fraction={fraction} leaves class {label} ({len(members)} "
+                f"examples) without a labelled example: use a fraction of at least "
+                f"{0.5 / len(members):.4g} or an ID list file")
+        chosen.append(members[rng.permutation(len(members))[:take]])
+    return np.sort(np.concatenate(chosen))
+
+
+def subset_from_ids(source: Source, ids_file: str) -> np.ndarray:
+    """Sorted indices of the examples whose ids are listed in `ids_file` (one per
+    line; for ImageNet the tfds file names, e.g. n01440764_10026.JPEG)."""
+    if not os.path.isfile(ids_file):
+        raise DataError(f"label_ids_file {ids_file!r} does not exist")
+    with open(ids_file) as f:
+        wanted = [line.strip() for line in f if line.strip()]
+    position = {example_id: i for i, example_id in enumerate(source.ids)}
+    missing = [w for w in wanted if w not in position]
+    if missing:
+        raise DataError(f"{len(missing)} id(s) in {ids_file!r} are not in the "
+                        f"{source.name} {source.split} split, e.g. {missing[:3]}")
+    return np.sort(np.asarray([position[w] for w in wanted], np.int64))
+
+
+def labelled_subset(source: Source, fraction: float = 1.0,
+                    ids_file: Optional[str] = None, seed: int = 0,
+                    write_to: Optional[str] = None) -> np.ndarray:
+    """Indices of the labelled subset: from `ids_file`, else a stratified
+    `fraction` (all labelled examples when 1). With `write_to`, the chosen ids
+    are written there, one per line, so the run can be reproduced with
+    label_ids_file."""
+    if ids_file:
+        indices = subset_from_ids(source, ids_file)
+    elif fraction >= 1.0:
+        indices = np.flatnonzero(source.labels >= 0)
+        if len(indices) == 0:
+            raise DataError(f"{source.name} {source.split} has no labels; supervised "
+                            "modes need class folders or a labelled dataset")
+    else:
+        indices = stratified_subset(source.labels, fraction, seed)
+    if write_to:
+        os.makedirs(os.path.dirname(os.path.abspath(write_to)), exist_ok=True)
+        tmp = write_to + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(f"{source.ids[i]}\n" for i in indices)
+        os.replace(tmp, write_to)
+    return indices

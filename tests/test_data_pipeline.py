@@ -1,0 +1,223 @@
+"""Sources (folders with bad files, built-in, tfds), subsets, sharding, pipelines."""
+import io
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import mirrored_strategy
+from simclr_tf2.configs.schema import DataConfig
+from simclr_tf2.data import (DataError, build_dataset, builtin_source, distribute,
+                             folder_source, labelled_subset, make_source,
+                             scan_image_folder, stratified_subset, subset_from_ids,
+                             tfds_source)
+
+
+def _save(path, array, mode=None, fmt=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array, mode=mode).save(path, format=fmt)
+
+
+def _rgb(h=12, w=10, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+    """Two classes with good images in every odd format, plus bad files."""
+    root = tmp_path / "images"
+    a, b = root / "cat", root / "dog"
+    _save(str(a / "good.jpg"), _rgb())
+    _save(str(a / "grey.png"), _rgb()[..., 0])
+    _save(str(a / "rgba.png"), np.concatenate([_rgb(), np.full((12, 10, 1), 128, np.uint8)], -1))
+    _save(str(a / "deep16.png"), np.full((9, 9), 65535, np.uint16))
+    _save(str(a / "tiny.png"), _rgb(2, 2))
+    _save(str(a / "nested" / "deeper.bmp"), _rgb(5, 7))
+    _save(str(b / "good.png"), _rgb(seed=1))
+    _save(str(b / "anim.gif"), _rgb(seed=2)[..., 0])
+    buffer = io.BytesIO()
+    Image.fromarray(_rgb(64, 64)).save(buffer, format="JPEG")
+    (b / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
+    (b / "notes.txt").write_text("not an image")
+    (b / "fake.jpg").write_text("a text file with an image name")
+    (b / ".hidden.jpg").write_text("ignored")
+    return root
+
+
+def test_folder_handles_formats_and_skips_bad_files_with_a_log_line(messy_folder, caplog):
+    with caplog.at_level(logging.WARNING, logger="simclr_tf2.data"):
+        paths, labels, classes, skipped = scan_image_folder(str(messy_folder), True)
+    assert classes == ["cat", "dog"]
+    assert sorted(paths) == sorted([
+        "cat/good.jpg", "cat/grey.png", "cat/rgba.png", "cat/deep16.png", "cat/tiny.png",
+        os.path.join("cat", "nested", "deeper.bmp"), "dog/good.png", "dog/anim.gif"])
+    assert sorted(skipped) == ["dog/fake.jpg", "dog/notes.txt", "dog/truncated.jpg"]
+    assert "cannot be decoded" in skipped["dog/truncated.jpg"]
+    assert "skipped 3 file(s)" in caplog.text
+    source = folder_source(str(messy_folder), "train", labelled=True)
+    assert source.num_classes == 2 and len(source) == 8
+    examples = {source.ids[int(x["index"])]: x for x in source.dataset()}
+    for path, example in examples.items():
+        image = example["image"].numpy()
+        assert image.ndim == 3 and image.shape[-1] == 3, path
+        assert image.dtype == np.float32 and 0 <= image.min() and image.max() <= 1, path
+    np.testing.assert_allclose(examples["cat/deep16.png"]["image"], 1.0)  # 16-bit white
+    grey = examples["cat/grey.png"]["image"].numpy()
+    np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
+    assert examples["cat/tiny.png"]["image"].shape == (2, 2, 3)
+    # Tiny and odd images go through the augmentations too.
+    batch = next(iter(build_dataset(source, "pretrain", 8, 16, seed=1)))
+    assert batch["view1"].shape == (8, 16, 16, 3)
+
+
+def test_folder_errors_name_the_problem(tmp_path, messy_folder):
+    with pytest.raises(DataError, match="does not exist"):
+        scan_image_folder(str(tmp_path / "missing"), True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class sub-folders"):
+        scan_image_folder(str(tmp_path / "empty"), True)
+    with pytest.raises(DataError, match="no readable images"):
+        scan_image_folder(str(tmp_path / "empty"), False)
+    (messy_folder / "zebra").mkdir()
+    (messy_folder / "zebra" / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match=r"\['zebra'\].*add images or remove"):
+        scan_image_folder(str(messy_folder), True)
+
+
+def test_unlabeled_folder_tree_and_split_subfolder(tmp_path):
+    root = tmp_path / "raw"
+    for i, sub in enumerate(["x", "x/y", "z"]):
+        _save(str(root / "train" / sub / f"{i}.png"), _rgb(seed=i))
+    source = folder_source(str(root), "train", labelled=False)
+    assert len(source) == 3 and source.num_classes == 0
+    assert (source.labels == -1).all()
+    config = DataConfig(dataset="folder", data_dir=str(root))
+    assert len(make_source(config, "train", labelled=False)) == 3
+
+
+def test_builtin_sources():
+    train = builtin_source("digits", "train", 16)
+    assert len(train) == 1438 and train.num_classes == 10
+    example = next(iter(train.dataset(np.array([5]))))
+    assert example["image"].shape == (16, 16, 3) and int(example["index"]) == 5
+    assert int(example["label"]) == int(train.labels[5])
+
+
+def test_stratified_subset_is_deterministic_and_stratified():
+    labels = np.repeat(np.arange(10), 400)
+    subset = stratified_subset(labels, 0.01, seed=3)
+    assert len(subset) == 40
+    np.testing.assert_array_equal(np.bincount(labels[subset]), np.full(10, 4))
+    np.testing.assert_array_equal(subset, stratified_subset(labels, 0.01, seed=3))
+    assert not np.array_equal(subset, stratified_subset(labels, 0.01, seed=4))
+    ten = stratified_subset(labels, 0.1, seed=3)
+    np.testing.assert_array_equal(np.bincount(labels[ten]), np.full(10, 40))
+    uneven = np.array([0] * 300 + [1] * 30)
+    np.testing.assert_array_equal(np.bincount(uneven[stratified_subset(uneven, 0.1)]),
+                                  [30, 3])
+
+
+def test_fraction_that_empties_a_class_is_a_clear_error():
+    labels = np.array([0] * 100 + [1] * 5)
+    with pytest.raises(DataError, match="leaves class 1 .*5 examples"):
+        stratified_subset(labels, 0.05)
+
+
+def test_subset_ids_are_written_and_read_back(tmp_path):
+    source = builtin_source("digits", "train", 8)
+    path = str(tmp_path / "run" / "labelled_ids.txt")
+    subset = labelled_subset(source, 0.1, seed=1, write_to=path)
+    assert len(subset) == pytest.approx(144, abs=5)
+    np.testing.assert_array_equal(subset_from_ids(source, path), subset)
+    np.testing.assert_array_equal(labelled_subset(source, ids_file=path), subset)
+    (tmp_path / "bad.txt").write_text("0\n99999\n")
+    with pytest.raises(DataError, match="1 id.*99999"):
+        subset_from_ids(source, str(tmp_path / "bad.txt"))
+    with pytest.raises(DataError, match="does not exist"):
+        subset_from_ids(source, str(tmp_path / "nope.txt"))
+
+
+def _indices(dataset):
+    seen = np.concatenate([b["index"].numpy() for b in dataset])
+    return seen[seen >= 0]
+
+
+def test_eval_pipeline_covers_every_example_once_with_padding():
+    source = builtin_source("digits", "test", 8)  # 359 examples
+    batches = list(build_dataset(source, "eval", 64, 8))
+    assert all(b["image"].shape == (64, 8, 8, 3) for b in batches)
+    assert len(batches) == 6
+    last = batches[-1]["label"].numpy()
+    assert (last[359 - 5 * 64:] == -1).all() and (last[:359 - 5 * 64] >= 0).all()
+    np.testing.assert_array_equal(np.sort(_indices(batches)), np.arange(359))
+
+
+def test_sharding_across_two_pipelines_is_disjoint_and_complete():
+    source = builtin_source("digits", "test", 8)
+    shards = []
+    for pipeline in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2,
+                                             input_pipeline_id=pipeline,
+                                             num_replicas_in_sync=2)
+        shards.append(_indices(build_dataset(source, "eval", 32, 8,
+                                             input_context=context)))
+    assert not set(shards[0]) & set(shards[1])
+    np.testing.assert_array_equal(np.sort(np.concatenate(shards)), np.arange(359))
+
+
+def test_two_replicas_through_the_strategy_cover_every_example_once():
+    strategy = mirrored_strategy(2)
+    source = builtin_source("digits", "test", 8)
+    dataset = distribute(strategy, lambda ctx: build_dataset(
+        source, "eval", 32, 8, input_context=ctx))
+    per_replica = [[], []]
+    for batch in dataset:
+        for replica, part in enumerate(strategy.experimental_local_results(batch["index"])):
+            assert part.shape == (16,)
+            per_replica[replica].append(part.numpy())
+    seen = [np.concatenate(p) for p in per_replica]
+    seen = [s[s >= 0] for s in seen]
+    assert not set(seen[0]) & set(seen[1])
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(359))
+
+
+def test_batch_not_divisible_by_replicas_is_a_clear_error():
+    source = builtin_source("digits", "test", 8)
+    context = tf.distribute.InputContext(1, 0, 3)
+    with pytest.raises(DataError, match="not divisible by the 3 replicas"):
+        build_dataset(source, "pretrain", 32, 8, input_context=context)
+
+
+def test_pretrain_pipeline_is_deterministic_when_seeded():
+    source = builtin_source("digits", "train", 16)
+
+    def first_batches(seed):
+        ds = build_dataset(source, "pretrain", 16, 16, seed=seed, color_strength=0.5)
+        return [b for _, b in zip(range(2), ds)]
+    a, b, c = first_batches(5), first_batches(5), first_batches(6)
+    for x, y in zip(a, b):
+        for key in ("view1", "view2", "index"):
+            np.testing.assert_array_equal(x[key], y[key])
+    assert not np.array_equal(a[0]["view1"], c[0]["view1"])
+    assert not np.array_equal(a[0]["view1"], a[0]["view2"])  # two different views
+    assert a[0]["view1"].shape == (16, 16, 16, 3)
+
+
+def test_tfds_source_reads_a_prepared_dataset(monkeypatch):
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=12,
+                                policy=tfds.testing.MockPolicy.USE_CODE):
+        with pytest.raises(DataError, match="not prepared"):
+            tfds_source("mnist", "train", data_dir=None)
+        monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+        source = tfds_source("mnist", "train", data_dir=None)
+        assert len(source) == 12 and source.num_classes == 10
+        batch = next(iter(build_dataset(source, "finetune", 4, 16)))
+        assert batch["image"].shape == (4, 16, 16, 3)  # grey converted to RGB
+        subset = labelled_subset(source, ids_file=None, fraction=1.0)
+        assert len(subset) == 12
+    with pytest.raises(DataError, match="unknown"):
+        tfds_source("no_such_dataset_xyz", "train", data_dir=None)
