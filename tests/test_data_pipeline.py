@@ -221,3 +221,14 @@ def test_tfds_source_reads_a_prepared_dataset(monkeypatch):
         assert len(subset) == 12
     with pytest.raises(DataError, match="unknown"):
         tfds_source("no_such_dataset_xyz", "train", data_dir=None)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_start_step_resumes_the_exact_batch_stream(cache):
+    source = builtin_source("digits", "train", 8)
+    config = dict(mode="pretrain", batch_size=64, image_size=8, seed=2, cache=cache)
+    fresh = [b for _, b in zip(range(30), build_dataset(source, **config))]
+    resumed = [b for _, b in zip(range(3), build_dataset(source, start_step=27, **config))]
+    for x, y in zip(fresh[27:], resumed):  # 27 batches = past the first epoch
+        np.testing.assert_array_equal(x["index"], y["index"])
+        np.testing.assert_array_equal(x["view2"], y["view2"])

@@ -66,14 +66,17 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                   color_strength: float = 1.0, blur: bool = True, seed: int = 0,
                   shuffle_buffer: int = 10000, cache: bool = False,
                   repeat: Optional[bool] = None,
-                  input_context: Optional[tf.distribute.InputContext] = None
-                  ) -> tf.data.Dataset:
+                  input_context: Optional[tf.distribute.InputContext] = None,
+                  start_step: int = 0) -> tf.data.Dataset:
     """Batches of `batch_size` (per replica when `input_context` is given, in
     which case `batch_size` is the global batch) for `mode`.
 
     Deterministic for a given seed: shuffling is seeded and every augmentation
     draws from a stateless seed made of (seed, pipeline id, example counter).
     Training modes repeat forever unless repeat=False; eval runs one pass.
+    `start_step` skips the batches of that many steps, so a resumed run reads
+    exactly what an uninterrupted one would (sources with random access skip
+    indices only; others read and drop the skipped examples).
     """
     if mode not in PIPELINE_MODES:
         raise DataError(f"mode must be one of {list(PIPELINE_MODES)}. Received: {mode!r}")
@@ -88,22 +91,42 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
         raise DataError(f"{len(indices)} examples cannot fill one batch of "
                         f"{local_batch}: lower the batch size")
     pipeline_id = input_context.input_pipeline_id if input_context else 0
-    ds = source.dataset(indices)
-    if cache:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(min(shuffle_buffer, len(indices)) or 1, seed=seed,
-                        reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.enumerate()
     base = tf.constant(seed * 1_000_003 + pipeline_id, tf.int64)
     view = _view_fn(mode, image_size, color_strength, blur)
+    replicas_here = 1
+    if input_context is not None:
+        replicas_here = max(input_context.num_replicas_in_sync
+                            // input_context.num_input_pipelines, 1)
+    skip = start_step * local_batch * replicas_here
+    labels = tf.constant(source.labels)
+    if source.load is not None and not cache:
+        # Shuffle and skip cheap indices; read and decode only what is used.
+        ds = tf.data.Dataset.from_tensor_slices(indices)
+        if training:
+            ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.enumerate().skip(skip)
 
-    def transform(counter, example):
-        out = view(example["image"], tf.stack([base, counter]))
-        out.update(label=example["label"], index=example["index"])
-        return out
+        def transform(counter, index):
+            out = view(source.load(index), tf.stack([base, counter]))
+            out.update(label=tf.gather(labels, index), index=index)
+            return out
+    else:
+        ds = source.dataset(indices)
+        if cache:
+            ds = ds.cache()
+        if training:
+            ds = ds.shuffle(min(shuffle_buffer, len(indices)) or 1, seed=seed,
+                            reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.enumerate().skip(skip)  # resuming reads the skipped examples
+
+        def transform(counter, example):
+            out = view(example["image"], tf.stack([base, counter]))
+            out.update(label=example["label"], index=example["index"])
+            return out
 
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=training)
@@ -139,13 +162,15 @@ def _view_fn(mode: str, image_size: int, color_strength: float, blur: bool
 def build_from_config(config: DataConfig, source: Source, mode: str, batch_size: int,
                       indices: Optional[np.ndarray] = None,
                       input_context: Optional[tf.distribute.InputContext] = None,
-                      repeat: Optional[bool] = None) -> tf.data.Dataset:
+                      repeat: Optional[bool] = None, start_step: int = 0
+                      ) -> tf.data.Dataset:
     """`build_dataset` with the augmentation and input settings of `config`."""
     return build_dataset(source, mode, batch_size, config.image_size, indices,
                          color_strength=config.color_jitter_strength,
                          blur=config.use_blur, seed=config.seed,
                          shuffle_buffer=config.shuffle_buffer, cache=config.cache,
-                         repeat=repeat, input_context=input_context)
+                         repeat=repeat, input_context=input_context,
+                         start_step=start_step)
 
 
 def distribute(strategy: tf.distribute.Strategy,

@@ -36,6 +36,10 @@ class Source:
     num_classes: int
     class_names: List[str]
     _make: Callable[[np.ndarray], tf.data.Dataset]
+    # Random access: example index (int64 tensor) -> image, for sources that
+    # can read any example cheaply (built-in arrays, folders). Pipelines then
+    # shuffle indices, not decoded images, and resume by skipping indices.
+    load: Optional[Callable[[tf.Tensor], tf.Tensor]] = None
 
     def __len__(self):
         return len(self.ids)
@@ -60,7 +64,7 @@ def builtin_source(name: str, split: str, image_size: int) -> Source:
 
     return Source(name, split, np.array([str(i) for i in range(len(labels))]),
                   labels, data.num_classes, [str(c) for c in range(data.num_classes)],
-                  make)
+                  make, load=lambda i: tf.gather(images, i))
 
 
 # ------------------------------------------------------------------ folder
@@ -175,7 +179,7 @@ def folder_source(root: str, split: str, labelled: bool, verify: bool = True) ->
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     return Source("folder", split, np.asarray(paths), label_array, len(classes),
-                  classes, make)
+                  classes, make, load=lambda i: decode_image_file(tf.gather(full, i)))
 
 
 # -------------------------------------------------------------------- tfds
