@@ -103,6 +103,10 @@ class Learner(tf.Module):
         self.optimizer = build_optimizer(train.optimizer, self.learning_rate,
                                          momentum=train.momentum,
                                          weight_decay=train.weight_decay)
+        self.loss_scaling = (tf_keras.mixed_precision.global_policy().compute_dtype
+                             == "float16")
+        if self.loss_scaling:  # float16 gradients underflow without it
+            self.optimizer = tf_keras.mixed_precision.LossScaleOptimizer(self.optimizer)
         self.momentum_encoder: Optional[MomentumEncoder] = None
         self.queue: Optional[NegativeQueue] = None
         if mode == "pretrain" and config.memory.queue_size > 0:
@@ -182,7 +186,11 @@ class Learner(tf.Module):
         with tf.GradientTape() as tape:
             metrics = self._losses(batch)
             scaled = metrics["loss"] / _num_replicas()
+            if self.loss_scaling:
+                scaled = self.optimizer.get_scaled_loss(scaled)
         grads = tape.gradient(scaled, variables)
+        if self.loss_scaling:
+            grads = self.optimizer.get_unscaled_gradients(grads)
         # Variables outside this step's loss (e.g. the linear head of a
         # pretraining batch without labels) have no gradient.
         self.optimizer.apply_gradients(
