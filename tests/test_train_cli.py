@@ -1,0 +1,219 @@
+"""The training entry point: flagfiles, bad flags, end to end, resume, replicas,
+multiple workers."""
+import glob
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from conftest import mirrored_strategy
+from simclr_tf2.flag_definitions import configs_from_flags, define_flags
+from simclr_tf2.models.simclr_model import SimCLRModel
+from simclr_tf2.training.runner import RunConfig, run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "flags", "*.cfg")))
+BIG = ("r152", "imagenet")
+
+
+def _parse(argv):
+    values = flags.FlagValues()
+    define_flags(values)
+    values(["train"] + argv)
+    return configs_from_flags(values)
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.slow) if any(b in p for b in BIG) else p
+    for p in FLAGFILES], ids=os.path.basename)
+def test_every_flagfile_parses_and_builds_its_model(path, tmp_path):
+    config, run_config = _parse([f"--flagfile={path}", f"--model_dir={tmp_path}"])
+    assert run_config.model_dir == str(tmp_path)
+    mode = "pretrain" if run_config.training_mode == "pretrain" else "finetune"
+    model = SimCLRModel(config.model, mode=mode)
+    outputs = model(tf.zeros([1, 64, 64, 3]), training=False)
+    assert "proj_head_output" in outputs
+    if mode == "finetune":
+        assert outputs["logits_sup"].shape[-1] == config.model.num_classes
+
+
+def test_flags_override_the_preset_only_when_given(tmp_path):
+    config, _ = _parse(["--preset=cifar_r18", f"--model_dir={tmp_path}", "--queue_size=64",
+                        "--data_seed=3", "--memory_momentum=0.99"])
+    assert config.model.depth == 18 and config.train.train_batch_size == 512
+    assert config.memory.queue_size == 64 and config.memory.momentum == 0.99
+    assert config.data.seed == 3 and config.train.seed == 0
+
+
+def _cli(args, timeout=600, env=None):
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "simclr_tf2.train", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def _snapshot(directory):
+    return {p: (os.path.getsize(p), os.path.getmtime(p))
+            for p in glob.glob(os.path.join(directory, "**"), recursive=True)}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--preset=r999"], "unknown preset 'r999'"),
+    (["--mode=finetune"], "pass --checkpoint"),
+    (["--fine_tune_after_block=2"], "fine_tune_after_block"),
+    (["--strategy=mirrored", "--num_cpu_devices=3", "--train_batch_size=32"],
+     "not divisible by the 3 replicas"),
+    (["--dataset=folder", "--data_dir=/nonexistent/images"], "does not exist"),
+])
+def test_bad_flags_fail_in_one_line_and_leave_the_model_dir_alone(args, message, tmp_path):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "notes.txt").write_text("keep me")
+    before = _snapshot(str(model_dir))
+    result = _cli([f"--model_dir={model_dir}", "--train_steps=2", *args])
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith("simclr_tf2.train: error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert _snapshot(str(model_dir)) == before
+
+
+def _tiny(**overrides):
+    from simclr_tf2 import get_preset
+    values = {"train.train_steps": 20, "train.steps_per_loop": 5,
+              "train.summary_interval": 5, "train.checkpoint_interval": 10,
+              "train.train_batch_size": 32}
+    values.update(overrides)
+    return get_preset("tiny").override(**values)
+
+
+@pytest.mark.slow
+def test_end_to_end_pretrain_finetune_linear_eval_eval(tmp_path):
+    pre = str(tmp_path / "pre")
+    run(_tiny(**{"memory.queue_size": 64, "train.train_steps": 60,
+                 "train.learning_rate": 0.3, "train.temperature": 0.2}),
+        RunConfig(mode="pretrain", model_dir=pre), verbose=False)
+    assert tf.train.latest_checkpoint(pre).endswith("ckpt-60")
+    assert glob.glob(os.path.join(pre, "summaries", "train", "events.out.tfevents.*"))
+    recorded = json.load(open(os.path.join(pre, "config.json")))
+    assert recorded["experiment"]["memory"]["queue_size"] == 64
+
+    finetune = _tiny(**{"train.train_steps": 100, "data.label_fraction": 0.1,
+                        "model.ft_proj_selector": 1, "train.zero_init_logits_layer": True,
+                        "train.learning_rate": 0.002, "train.weight_decay": 0.0})
+    ft_dir = str(tmp_path / "ft")
+    outcome = run(finetune, RunConfig(mode="train_then_eval", train_mode="finetune",
+                                      model_dir=ft_dir, checkpoint=pre), verbose=False)
+    result = json.load(open(os.path.join(ft_dir, "result.json")))
+    assert result["num_examples"] == 359 and result["top1"] == outcome["result"]["top1"]
+    assert result["top1"] > 0.3, result  # chance is 0.1
+    ids = open(os.path.join(ft_dir, "labelled_ids.txt")).read().split()
+    assert len(ids) == pytest.approx(144, abs=5)
+
+    lin_dir = str(tmp_path / "linear")
+    linear = run(_tiny(**{"train.train_steps": 10, "train.optimizer": "momentum",
+                          "train.learning_rate": 0.01}),
+                 RunConfig(mode="linear_eval", model_dir=lin_dir, checkpoint=pre),
+                 verbose=False)["learner"]
+    reader = tf.train.load_checkpoint(pre)
+    names = {v.name: v for v in linear.model.weights}
+    # Frozen: the stem's kernel and BN statistics equal the pretrained ones.
+    for key in [k for k, _ in tf.train.list_variables(pre)
+                if k.startswith("model/backbone") and "VARIABLE_VALUE" in k][:6]:
+        pretrained = reader.get_tensor(key)
+        assert any(np.array_equal(v.numpy(), pretrained) for v in names.values()
+                   if v.shape == pretrained.shape), key
+    assert [v.name for v in linear.model.trainable_variables] == \
+        [v.name for v in linear.model.supervised_head.trainable_variables]
+
+    again = run(finetune, RunConfig(mode="eval", model_dir=ft_dir), verbose=False)
+    assert again["result"]["top1"] == pytest.approx(result["top1"])
+
+
+@pytest.mark.slow
+def test_sigkill_and_rerun_resumes_to_the_same_weights(tmp_path):
+    args = ["--preset=tiny", "--mode=pretrain", "--train_steps=40", "--steps_per_loop=5",
+            "--summary_interval=5", "--checkpoint_interval=10", "--queue_size=64",
+            "--train_batch_size=32", "--deterministic"]
+    killed = str(tmp_path / "killed")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simclr_tf2.train", *args, f"--model_dir={killed}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    deadline = time.time() + 600
+    while time.time() < deadline and not glob.glob(os.path.join(killed, "ckpt-20.index")):
+        assert process.poll() is None, process.stdout.read().decode()[-2000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted_at = int(re.search(r"ckpt-(\d+)", tf.train.latest_checkpoint(killed)).group(1))
+    assert 20 <= interrupted_at < 40
+    resumed = _cli(args + [f"--model_dir={killed}"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from" in resumed.stderr
+    straight_dir = str(tmp_path / "straight")
+    straight = _cli(args + [f"--model_dir={straight_dir}"])
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    a = tf.train.load_checkpoint(tf.train.latest_checkpoint(killed))
+    b = tf.train.load_checkpoint(tf.train.latest_checkpoint(straight_dir))
+    assert tf.train.latest_checkpoint(killed).endswith("ckpt-40")
+    keys = [k for k, _ in tf.train.list_variables(tf.train.latest_checkpoint(killed))
+            if "VARIABLE_VALUE" in k]
+    assert any(k.startswith("queue/") for k in keys)
+    for key in keys:
+        np.testing.assert_allclose(a.get_tensor(key), b.get_tensor(key), rtol=1e-4,
+                                   atol=1e-5, err_msg=key)
+
+
+@pytest.mark.slow
+def test_two_replicas_follow_the_one_replica_loss_curve(tmp_path, capsys):
+    config = _tiny(**{"train.learning_rate": 0.05, "train.train_steps": 20,
+                      "memory.queue_size": 64})
+    curves = []
+    for replicas in (1, 2):
+        run(config, RunConfig(mode="pretrain", model_dir=str(tmp_path / f"r{replicas}")),
+            strategy=mirrored_strategy(replicas))
+        printed = capsys.readouterr().out
+        assert f"on {replicas} replica(s)" in printed
+        curves.append([float(x) for x in re.findall(r"/20 loss ([0-9.]+)", printed)])
+    assert len(curves[0]) == len(curves[1]) == 4
+    np.testing.assert_allclose(curves[1], curves[0], rtol=0.02)
+    assert curves[0][-1] < curves[0][0]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_local_workers_train_and_write_one_checkpoint(tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    model_dir = str(tmp_path / "mw")
+    args = ["--preset=tiny", "--mode=pretrain", "--strategy=multi_worker_mirrored",
+            "--train_steps=4", "--steps_per_loop=2", "--summary_interval=2",
+            "--checkpoint_interval=4", "--train_batch_size=16", f"--model_dir={model_dir}"]
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "simclr_tf2.train", *args], cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=tf_config)))
+    outputs = [p.communicate(timeout=600)[0].decode() for p in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    assert "on 2 replica(s)" in outputs[0]
+    assert [os.path.basename(p) for p in glob.glob(os.path.join(model_dir, "ckpt-*.index"))] \
+        == ["ckpt-4.index"]
+    assert not glob.glob(os.path.join(model_dir, ".worker_*"))
