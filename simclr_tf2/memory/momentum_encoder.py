@@ -45,6 +45,11 @@ class MomentumEncoder(tf.Module):
         for o, t in zip(online_vars, target_vars):
             check(o.shape == t.shape, f"momentum encoder: shape mismatch {o.name} "
                   f"{o.shape} vs {t.name} {t.shape}")
+        self.copy_online()
+
+    def copy_online(self) -> None:
+        """Makes the target an exact copy of the online network (e.g. after the
+        online weights were restored from a checkpoint)."""
         for o, t in zip(self.online.weights, self.target.weights):
             t.assign(o)
 

@@ -90,6 +90,8 @@ class Learner(tf.Module):
                   "head: set model.num_classes to the number of classes")
         if mode == "linear_eval":
             model_cfg = dataclasses.replace(model_cfg, fine_tune_after_block=4)
+        if mode == "pretrain" and not train.lineareval_while_pretraining:
+            model_cfg = dataclasses.replace(model_cfg, num_classes=0)
         self.model_config = model_cfg
         image_size = config.data.image_size
         self._dummy = tf.zeros([1, image_size, image_size, 3])

@@ -264,8 +264,9 @@ class SimCLRTrainer(orbit.StandardTrainer):
         self.total_steps = total_steps
         self.global_batch = global_batch
         self.verbose = verbose
-        with strategy.scope():
-            self.metrics = {name: tf_keras.metrics.Mean(name) for name in self.METRICS}
+        # Host-side accumulators, updated with already-reduced values in
+        # cross-replica context (so created outside the strategy scope).
+        self.metrics = {name: tf_keras.metrics.Mean(name) for name in self.METRICS}
         self._loop_start = None
         self._loop_step = None
         self._run_start = time.time()
@@ -373,6 +374,8 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
                     int(learner.step.numpy()))
     elif run_config.checkpoint:
         init_from_checkpoint(learner.model, run_config.checkpoint)
+        if learner.momentum_encoder is not None:
+            learner.momentum_encoder.copy_online()
         head = learner.model.supervised_head
         if config.train.zero_init_logits_layer and head is not None:
             # The checkpoint's linear head (trained while pretraining) was
