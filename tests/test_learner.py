@@ -197,3 +197,25 @@ def test_schedule_steps_from_epochs_or_steps():
     assert steps.total_steps == 7 and steps.warmup_steps == 7
     with pytest.raises(ValueError, match="fewer than one batch"):
         schedule_steps(config, 10)
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_steps_are_finite_with_float32_variables(precision):
+    tf_keras.mixed_precision.set_global_policy(precision)
+    learner = Learner(_config(batch=8, queue=16), "pretrain", total_steps=100)
+    assert all(v.dtype == tf.float32 for v in learner.model.trainable_variables)
+    assert learner.loss_scaling == (precision == "mixed_float16")
+    if learner.loss_scaling:
+        assert isinstance(learner.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+    before = [v.numpy() for v in learner.model.trainable_variables]
+    step = tf.function(learner.replica_step)
+    # Dynamic loss scaling skips the steps whose scaled gradients overflow
+    # (the scale starts at 2^15 and halves each time), then updates.
+    for _ in range(20):
+        metrics = step(_pretrain_batch(8))
+        assert np.isfinite(float(metrics["loss"]))
+        if any(not np.array_equal(v.numpy(), b)
+               for v, b in zip(learner.model.trainable_variables, before)):
+            break
+    else:
+        pytest.fail("no update in 20 steps")

@@ -230,3 +230,24 @@ def test_two_local_workers_train_and_write_one_checkpoint(tmp_path):
     # removed); the first checkpoint comes after the first loop, the last at the end.
     assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-4")
     assert not glob.glob(os.path.join(model_dir, ".worker_*"))
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    from simclr_tf2.training.runner import NonFiniteLossError
+    model_dir = str(tmp_path / "run")
+    config = _tiny(**{"train.train_steps": 10, "train.learning_rate": 0.1})
+    run(config, RunConfig(mode="pretrain", model_dir=model_dir), verbose=False)
+    good = tf.train.latest_checkpoint(model_dir)
+    assert good.endswith("ckpt-10")
+    exploding = config.override(**{"train.train_steps": 20, "train.learning_rate": 1e30})
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss .* up to 15"):
+        run(exploding, RunConfig(mode="pretrain", model_dir=model_dir), verbose=False)
+    assert tf.train.latest_checkpoint(model_dir) == good
+
+
+def test_console_script_is_declared():
+    text = open(os.path.join(ROOT, "pyproject.toml")).read()
+    assert 'simclr-tf2-train = "simclr_tf2.train:console_main"' in text
+    from simclr_tf2.train import console_main
+    assert callable(console_main)
