@@ -52,6 +52,8 @@ def run_demo(model_dir: str, verbose: bool = True) -> dict:
 
 def main(argv):
     del argv
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)  # progress lines are printed
     if FLAGS.fresh:
         shutil.rmtree(FLAGS.model_dir, ignore_errors=True)
     outcome = run_demo(FLAGS.model_dir)

@@ -8,7 +8,7 @@ the chosen examples. Labels are -1 where there are none (unlabeled folders).
 import dataclasses
 import logging
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -249,7 +249,3 @@ def make_source(config: DataConfig, split: str, labelled: bool = True) -> Source
     if config.dataset == "folder":
         return folder_source(config.data_dir, split, labelled, config.verify_images)
     return tfds_source(config.dataset, split, config.data_dir, config.tfds_download)
-
-
-def available_builtin() -> Sequence[str]:
-    return sorted(BUILTIN_DATASETS)

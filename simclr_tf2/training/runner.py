@@ -281,13 +281,10 @@ class SimCLRTrainer(orbit.StandardTrainer):
         self._loop_step = int(self.learner.step.numpy())
 
     def train_step(self, iterator):
-        def step(batch):
-            return self.learner.replica_step(batch)
-        per_replica = self.strategy.run(step, args=(next(iterator),))
-        for name, value in per_replica.items():
+        metrics = self.learner.distributed_step(self.strategy, next(iterator))
+        for name, value in metrics.items():
             if name in self.metrics:
-                self.metrics[name].update_state(self.strategy.reduce(
-                    tf.distribute.ReduceOp.MEAN, value, axis=None))
+                self.metrics[name].update_state(value)
 
     def train_loop_end(self):
         step = int(self.learner.step.numpy())
@@ -320,10 +317,6 @@ def _write_json(path: str, values) -> None:
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(json.dumps(values, indent=2, sort_keys=True, default=str))
     tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def _set_precision(precision: str) -> None:
-    tf_keras.mixed_precision.set_global_policy(precision)
 
 
 def prepare_data(config, run_config, mode, write: bool = True):
@@ -508,7 +501,7 @@ def run(config: ExperimentConfig, run_config: RunConfig, verbose: bool = True,
         data = prepare_data(config, run_config, mode, write=False)
         _supervised_classes(config, data[0])
         schedule_steps(config, len(data[1]))
-    _set_precision(config.train.precision)
+    tf_keras.mixed_precision.set_global_policy(config.train.precision)
     if run_config.mode == "eval":
         source_dir = run_config.model_dir
         if tf.train.latest_checkpoint(source_dir) is None and run_config.checkpoint:
