@@ -4,6 +4,9 @@ Public API:
   build_resnet(depth, width_multiplier, sk_ratio=0.0, se_ratio=0.0,
                cifar_stem=False, ...) -> tf_keras model, images -> endpoint dict
   get_preset(name) -> ExperimentConfig
+  export_hub_modules(model or model_dir, export_dir) -> <export_dir>/<step>
+  load_hub_module(path, trainable=False) -> hub.KerasLayer
+  load_official_savedmodel(path) -> SimCLRModel with the released weights
 """
 import os as _os
 
@@ -16,5 +19,8 @@ _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 from simclr_tf2.backbones import ENDPOINTS, ResNet, build_resnet, build_resnet_from_config
 from simclr_tf2.configs import (DataConfig, ExperimentConfig, ExportConfig, MemoryConfig,
                                 ModelConfig, TrainConfig, get_preset, preset_names)
+
+from simclr_tf2.export import (export_hub_modules, load_hub_module,
+                               load_official_savedmodel)
 
 __version__ = "0.1.0"

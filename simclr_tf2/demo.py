@@ -5,7 +5,9 @@
 1. pretrain the tiny ResNet-18 on all 1438 training images (no labels used by
    the representation) with memory: flags/digits_pretrain.cfg;
 2. fine-tune from projection-head layer 1 on 10% of the labels (144 images)
-   and evaluate on the 359 test images: flags/digits_finetune_10pct.cfg.
+   and evaluate on the 359 test images: flags/digits_finetune_10pct.cfg;
+3. both stages export TF Hub modules (<stage>/hub/<step>/head_k); the demo
+   reloads the fine-tuned one and classifies the test images with it.
 The same settings run from the command line with `python -m simclr_tf2.train
 --flagfile=...`. Rerunning resumes (finished stages are not redone); --fresh
 starts over. A few minutes on a 2-core CPU.
@@ -45,9 +47,29 @@ def run_demo(model_dir: str, verbose: bool = True) -> dict:
     pretrain_seconds = time.time() - start
     config, run_config = stage_configs("digits_finetune_10pct.cfg", finetune_dir,
                                        [f"--checkpoint={pretrain_dir}"])
-    result = run(config, run_config, verbose=verbose)["result"]
-    return {"pretrain_seconds": pretrain_seconds,
-            "total_seconds": time.time() - start, **result}
+    outcome = run(config, run_config, verbose=verbose)
+    export_top1 = None
+    if outcome["export"]:
+        export_top1 = _exported_top1(os.path.join(outcome["export"], "head_0"), config)
+    return {"pretrain_seconds": pretrain_seconds, "export": outcome["export"],
+            "export_top1": export_top1, "total_seconds": time.time() - start,
+            **outcome["result"]}
+
+
+def _exported_top1(module_path: str, config) -> float:
+    """Test top-1 of the exported module's `logits_sup` (a fresh SavedModel load)."""
+    import tensorflow as tf
+    from simclr_tf2.data import build_dataset, make_source
+    module = tf.saved_model.load(module_path)
+    source = make_source(config.data, config.data.eval_split, labelled=True)
+    correct = total = 0
+    for batch in build_dataset(source, "eval", 128, config.data.image_size):
+        logits = module(batch["image"], training=False)["logits_sup"]
+        valid = batch["label"] >= 0
+        hits = tf.equal(tf.argmax(logits, -1), tf.cast(batch["label"], tf.int64))
+        correct += int(tf.reduce_sum(tf.cast(hits & valid, tf.int32)))
+        total += int(tf.reduce_sum(tf.cast(valid, tf.int32)))
+    return correct / max(total, 1)
 
 
 def main(argv):
@@ -61,6 +83,9 @@ def main(argv):
           f"fine-tuned on 10% of the labels: test top-1 {outcome['top1']:.1%} "
           f"({outcome['num_examples']} images; total {outcome['total_seconds'] / 60:.1f} "
           f"min). Runs and TensorBoard summaries in {FLAGS.model_dir}/")
+    if outcome["export"]:
+        print(f"Hub modules in {outcome['export']}; reloaded, head_0 scores test top-1 "
+              f"{outcome['export_top1']:.1%}.")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,10 @@ CONFIG_FLAGS: Dict[str, Tuple[str, str]] = {
                                            "pretraining (needs labels)."),
     "train.zero_init_logits_layer": ("zero_init_logits_layer", "Start the supervised "
                                      "head at zero when fine-tuning."),
+    "train.distill_temperature": ("distill_temperature", "Distillation: softmax "
+                                  "temperature of teacher and student."),
+    "train.distill_alpha": ("distill_alpha", "Distillation: weight of the supervised "
+                            "loss on the labelled subset (0 = unlabeled only)."),
     "train.precision": ("precision", "float32, mixed_bfloat16 (TPU) or mixed_float16 "
                         "(GPU, with loss scaling)."),
     "train.steps_per_loop": ("steps_per_loop", "Steps per host loop (progress line)."),
@@ -100,6 +104,8 @@ CONFIG_FLAGS: Dict[str, Tuple[str, str]] = {
     "export.keep_hub_module_max": ("keep_hub_module_max", "Hub module exports to keep."),
     "export.official_call_convention": ("official_call_convention", "Also export the "
                                         "authors' module(images, trainable=...) call."),
+    "export.export_at_end": ("export_at_end", "Export hub modules (one per projection-head "
+                             "layer) when training finishes."),
 }
 # The run mode is a run setting, not part of the experiment.
 SKIPPED_FIELDS = {"train.mode"}
@@ -130,8 +136,12 @@ def define_flags(flag_values=flags.FLAGS) -> None:
     flags.DEFINE_string("model_dir", None, "Run directory: checkpoints, summaries, "
                         "config.json, result.json.", flag_values=flag_values)
     flags.DEFINE_string("checkpoint", None, "Fine-tune / linear-eval / eval from this "
-                        "checkpoint (prefix or directory); model weights only.",
+                        "checkpoint (prefix or directory; model weights only) or "
+                        "from an official SimCLRv2 TF2 SavedModel directory.",
                         flag_values=flag_values)
+    flags.DEFINE_string("teacher", None, "distill: the teacher, a fine-tuned run dir or "
+                        "checkpoint, a hub export (head_k) or an official SimCLRv2 "
+                        "SavedModel.", flag_values=flag_values)
     flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy; "
                       "auto = tpu if --tpu, mirrored with >1 GPU, else one_device.",
                       flag_values=flag_values)
@@ -174,5 +184,5 @@ def configs_from_flags(flag_values=flags.FLAGS) -> Tuple[ExperimentConfig, RunCo
         strategy=flag_values.strategy, tpu=flag_values.tpu, tpu_zone=flag_values.tpu_zone,
         gcp_project=flag_values.gcp_project, num_gpus=flag_values.num_gpus,
         num_cpu_devices=flag_values.num_cpu_devices,
-        deterministic=flag_values.deterministic)
+        deterministic=flag_values.deterministic, teacher=flag_values.teacher)
     return config, run_config

@@ -90,7 +90,7 @@ def _tiny(**overrides):
     from simclr_tf2 import get_preset
     values = {"train.train_steps": 20, "train.steps_per_loop": 5,
               "train.summary_interval": 5, "train.checkpoint_interval": 10,
-              "train.train_batch_size": 32}
+              "train.train_batch_size": 32, "export.export_at_end": False}
     values.update(overrides)
     return get_preset("tiny").override(**values)
 
@@ -98,10 +98,13 @@ def _tiny(**overrides):
 @pytest.mark.slow
 def test_end_to_end_pretrain_finetune_linear_eval_eval(tmp_path):
     pre = str(tmp_path / "pre")
-    run(_tiny(**{"memory.queue_size": 64, "train.train_steps": 60,
-                 "train.learning_rate": 0.3, "train.temperature": 0.2}),
-        RunConfig(mode="pretrain", model_dir=pre), verbose=False)
+    pretrained = run(_tiny(**{"memory.queue_size": 64, "train.train_steps": 60,
+                              "train.learning_rate": 0.3, "train.temperature": 0.2,
+                              "export.export_at_end": True}),
+                     RunConfig(mode="pretrain", model_dir=pre), verbose=False)
     assert tf.train.latest_checkpoint(pre).endswith("ckpt-60")
+    assert pretrained["export"] == os.path.join(pre, "hub", "60")
+    assert sorted(os.listdir(pretrained["export"])) == [f"head_{k}" for k in range(4)]
     assert glob.glob(os.path.join(pre, "summaries", "train", "events.out.tfevents.*"))
     recorded = json.load(open(os.path.join(pre, "config.json")))
     assert recorded["experiment"]["memory"]["queue_size"] == 64
@@ -143,7 +146,8 @@ def test_end_to_end_pretrain_finetune_linear_eval_eval(tmp_path):
 def test_sigkill_and_rerun_resumes_to_the_same_weights(tmp_path):
     args = ["--preset=tiny", "--mode=pretrain", "--train_steps=40", "--steps_per_loop=5",
             "--summary_interval=5", "--checkpoint_interval=10", "--queue_size=64",
-            "--train_batch_size=32", "--learning_rate=0.3", "--deterministic"]
+            "--train_batch_size=32", "--learning_rate=0.3", "--deterministic",
+            "--noexport_at_end"]
     killed = str(tmp_path / "killed")
     process = subprocess.Popen(
         [sys.executable, "-m", "simclr_tf2.train", *args, f"--model_dir={killed}"],
@@ -230,6 +234,8 @@ def test_two_local_workers_train_and_write_one_checkpoint(tmp_path):
     # removed); the first checkpoint comes after the first loop, the last at the end.
     assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-4")
     assert not glob.glob(os.path.join(model_dir, ".worker_*"))
+    # Both workers export (saving may need all of them); the chief's copy stays.
+    assert os.listdir(os.path.join(model_dir, "hub")) == ["4"]
 
 
 @pytest.mark.slow

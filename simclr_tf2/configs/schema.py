@@ -145,6 +145,10 @@ class TrainConfig:
     hidden_norm: bool = True
     lineareval_while_pretraining: bool = True
     zero_init_logits_layer: bool = False
+    # Distillation: softmax temperature tau of teacher and student, and the
+    # weight alpha of the supervised loss on labelled images (0 = none).
+    distill_temperature: float = 1.0
+    distill_alpha: float = 0.0
     precision: str = "float32"
     steps_per_loop: int = 100
     summary_interval: int = 100
@@ -169,6 +173,9 @@ class TrainConfig:
         _check_range("weight_decay", self.weight_decay, 0)
         _check_range("momentum", self.momentum, 0, 1)
         _check_range("temperature", self.temperature, 0, low_inclusive=False)
+        _check_range("distill_temperature", self.distill_temperature, 0,
+                     low_inclusive=False)
+        _check_range("distill_alpha", self.distill_alpha, 0)
         _check_choice("precision", self.precision, PRECISIONS)
         for name in ("steps_per_loop", "summary_interval", "checkpoint_interval",
                      "keep_checkpoint_max"):
@@ -195,6 +202,8 @@ class ExportConfig:
     keep_hub_module_max: int = 1
     # Also write the authors' `module(images, trainable=...)` call convention.
     official_call_convention: bool = False
+    # Write hub modules when a training run finishes.
+    export_at_end: bool = True
 
     def __post_init__(self):
         check(bool(self.export_dir), "export_dir must be set. Received: ''")

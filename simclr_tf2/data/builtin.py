@@ -79,8 +79,8 @@ def load_builtin(name: str, split: str, image_size: int = 32) -> ArrayDataset:
         raise ValueError(f"unknown built-in dataset {name!r}; choose one of "
                          f"{sorted(BUILTIN_DATASETS)}")
     if split not in ("train", "test"):
-        raise ValueError(f"built-in datasets have splits 'train' and 'test'. "
-                         f"Received: split={split!r}")
+        raise ValueError(f"built-in datasets have splits 'train' and 'test' (set "
+                         f"eval_split=test). Received: split={split!r}")
     loader, test_fraction = BUILTIN_DATASETS[name]
     grey, labels = loader()
     train_idx, test_idx = stratified_split(labels, test_fraction)

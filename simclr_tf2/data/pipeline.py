@@ -125,7 +125,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
 
         def transform(counter, example):
             out = view(example["image"], tf.stack([base, counter]))
-            out.update(label=example["label"], index=example["index"])
+            # Labels from source.labels, which may mask some (-1): distillation.
+            out.update(label=tf.gather(labels, example["index"]), index=example["index"])
             return out
 
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -6,20 +6,21 @@ distributed step (`distributed_step`) that the training loop calls.
 """
 import dataclasses
 import math
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import tensorflow as tf
 import tf_keras
 
-from simclr_tf2.configs.schema import ExperimentConfig, check
+from simclr_tf2.configs.schema import ExperimentConfig, ModelConfig, check
 from simclr_tf2.memory import MomentumEncoder, NegativeQueue
 from simclr_tf2.models.simclr_model import SimCLRModel
+from simclr_tf2.objectives.distill import distillation_loss
 from simclr_tf2.objectives.nt_xent import nt_xent_loss
 from simclr_tf2.optim import (build_optimizer, scaled_learning_rate,
                               warmup_cosine_schedule, warmup_steps_for,
                               weight_decay_loss)
 
-LEARNER_MODES = ("pretrain", "finetune", "linear_eval")
+LEARNER_MODES = ("pretrain", "finetune", "linear_eval", "distill")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,20 @@ def supervised_loss(labels: tf.Tensor, logits: tf.Tensor):
     return loss, tf.reduce_sum(correct * mask) / count
 
 
+def model_config_for(config: ExperimentConfig, mode: str) -> ModelConfig:
+    """The ModelConfig a Learner of `mode` builds: linear_eval freezes the
+    backbone; pretraining without linear eval has no supervised head."""
+    model_cfg = config.model
+    if mode != "pretrain":
+        check(model_cfg.num_classes > 0, f"mode {mode!r} needs a supervised "
+              "head: set model.num_classes to the number of classes")
+    if mode == "linear_eval":
+        model_cfg = dataclasses.replace(model_cfg, fine_tune_after_block=4)
+    if mode == "pretrain" and not config.train.lineareval_while_pretraining:
+        model_cfg = dataclasses.replace(model_cfg, num_classes=0)
+    return model_cfg
+
+
 class Learner(tf.Module):
     """Model, optimizer, schedule and (pretraining) memory for one mode.
 
@@ -77,22 +92,19 @@ class Learner(tf.Module):
     """
 
     def __init__(self, config: ExperimentConfig, mode: str, total_steps: int,
-                 warmup_steps: int = 0, name: str = "learner"):
+                 warmup_steps: int = 0, name: str = "learner",
+                 teacher: Optional[Callable[[tf.Tensor], tf.Tensor]] = None):
         super().__init__(name=name)
         check(mode in LEARNER_MODES,
               f"mode must be one of {list(LEARNER_MODES)}. Received: {mode!r}")
+        check((mode == "distill") == (teacher is not None),
+              "mode 'distill' needs a teacher (images -> logits), and only it does")
+        # Not tracked: the teacher is neither trained nor checkpointed with the run.
+        self._teacher = [teacher]
         self.config = config
         self.mode = mode
         train = config.train
-        model_cfg = config.model
-        if mode != "pretrain":
-            check(model_cfg.num_classes > 0, f"mode {mode!r} needs a supervised "
-                  "head: set model.num_classes to the number of classes")
-        if mode == "linear_eval":
-            model_cfg = dataclasses.replace(model_cfg, fine_tune_after_block=4)
-        if mode == "pretrain" and not train.lineareval_while_pretraining:
-            model_cfg = dataclasses.replace(model_cfg, num_classes=0)
-        self.model_config = model_cfg
+        self.model_config = model_config_for(config, mode)
         image_size = config.data.image_size
         self._dummy = tf.zeros([1, image_size, image_size, 3])
         self.model = self._build_model()
@@ -157,6 +169,19 @@ class Learner(tf.Module):
                 labels = tf.concat([batch["label"], batch["label"]], axis=0)
                 sup, acc = supervised_loss(labels, outputs["logits_sup"])
                 loss += sup
+                metrics.update(sup_loss=sup, sup_acc=acc)
+        elif self.mode == "distill":
+            outputs = self.model(batch["image"], training=True)
+            logits = outputs["logits_sup"]
+            teacher = tf.stop_gradient(tf.cast(self._teacher[0](batch["image"]),
+                                               tf.float32))
+            loss = distillation_loss(teacher, logits, train.distill_temperature)
+            agree = tf.equal(tf.argmax(teacher, -1), tf.argmax(logits, -1))
+            metrics.update(distill_loss=loss,
+                           teacher_agreement=tf.reduce_mean(tf.cast(agree, tf.float32)))
+            if train.distill_alpha > 0 and "label" in batch:
+                sup, acc = supervised_loss(batch["label"], logits)
+                loss += train.distill_alpha * sup
                 metrics.update(sup_loss=sup, sup_acc=acc)
         else:
             outputs = self.model(batch["image"], training=True)

@@ -21,15 +21,19 @@ import tf_keras
 from simclr_tf2.configs.schema import ExperimentConfig, check
 from simclr_tf2.data import build_from_config, distribute, labelled_subset, make_source
 from simclr_tf2.data.sources import DataError
+from simclr_tf2.export.hub import export_hub_modules
+from simclr_tf2.export.official import (OfficialImportError, import_official_variables,
+                                        is_savedmodel_dir)
 from simclr_tf2.training.learner import Learner, schedule_steps
+from simclr_tf2.training.teacher import load_teacher
 
 log = logging.getLogger("simclr_tf2.train")
 # orbit prints every loop's output dict as well as logging it; our progress
 # line says the same in one line, so keep orbit's copy in the log only.
 orbit.controller._log = lambda message: logging.getLogger("orbit").info(message)
 
-RUN_MODES = ("pretrain", "finetune", "linear_eval", "eval", "train_then_eval")
-TRAIN_MODES = ("pretrain", "finetune", "linear_eval")
+RUN_MODES = ("pretrain", "finetune", "linear_eval", "eval", "train_then_eval", "distill")
+TRAIN_MODES = ("pretrain", "finetune", "linear_eval", "distill")
 STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker_mirrored", "one_device")
 CONFIG_FILE = "config.json"
 RESULT_FILE = "result.json"
@@ -59,6 +63,9 @@ class RunConfig:
     num_cpu_devices: int = 1
     deterministic: bool = False
     eval_split: Optional[str] = None
+    # distill: the teacher (a run dir / checkpoint, a hub export, or an
+    # official SimCLRv2 SavedModel).
+    teacher: Optional[str] = None
 
     def __post_init__(self):
         check(self.mode in RUN_MODES, f"mode must be one of {list(RUN_MODES)}. "
@@ -100,9 +107,16 @@ def validate(config: ExperimentConfig, run_config: RunConfig) -> None:
               "fine_tune_after_block freezes layers for fine-tuning; pretraining "
               f"trains the whole network. Received: fine_tune_after_block="
               f"{config.model.fine_tune_after_block} with mode pretrain")
-    if training in ("finetune", "linear_eval") or run_config.mode == "eval":
+    if training in ("finetune", "linear_eval", "distill") or run_config.mode == "eval":
         check(config.model.num_classes > 0, f"mode {run_config.mode!r} needs a "
               "supervised head: set num_classes")
+    if training == "distill":
+        check(run_config.teacher is not None, "distill needs --teacher=<a fine-tuned "
+              "run dir or checkpoint, a hub export or an official SavedModel>")
+        check(is_savedmodel_dir(run_config.teacher)
+              or tf.io.gfile.exists(run_config.teacher + ".index")
+              or tf.io.gfile.isdir(run_config.teacher),
+              f"teacher {run_config.teacher!r} not found")
     if training in ("finetune", "linear_eval"):
         has_own = tf.train.latest_checkpoint(run_config.model_dir) is not None
         check(run_config.checkpoint is not None or has_own,
@@ -114,7 +128,7 @@ def validate(config: ExperimentConfig, run_config: RunConfig) -> None:
         check(run_config.checkpoint is not None or has_own,
               "eval needs a trained model: model_dir has no checkpoint and "
               "--checkpoint is not set")
-    if run_config.checkpoint is not None:
+    if run_config.checkpoint is not None and not is_savedmodel_dir(run_config.checkpoint):
         resolve_checkpoint(run_config.checkpoint)
     if config.data.dataset == "folder" and not os.path.isdir(config.data.data_dir or ""):
         raise DataError(f"data_dir {config.data.data_dir!r} does not exist: point "
@@ -240,6 +254,17 @@ def init_from_checkpoint(model: tf_keras.Model, path: str) -> Dict[str, List[str
     return report
 
 
+def init_model(model: tf_keras.Model, path: str):
+    """Initialises `model` from a simclr_tf2 checkpoint (prefix or directory)
+    or from an official SimCLRv2 TF2 SavedModel directory."""
+    if is_savedmodel_dir(path):
+        try:
+            return import_official_variables(model, path)
+        except OfficialImportError as error:
+            raise RunError(f"--checkpoint={path}: {error}") from None
+    return init_from_checkpoint(model, resolve_checkpoint(path))
+
+
 # ------------------------------------------------------------------ trainer
 def _format_time(seconds: float) -> str:
     seconds = int(max(seconds, 0))
@@ -255,7 +280,8 @@ class SimCLRTrainer(orbit.StandardTrainer):
     """Runs `Learner.distributed_step` in orbit's loop; averages metrics per loop."""
 
     METRICS = ("loss", "contrast_loss", "contrast_acc", "contrast_entropy",
-               "sup_loss", "sup_acc", "weight_decay_loss", "learning_rate")
+               "sup_loss", "sup_acc", "distill_loss", "teacher_agreement",
+               "weight_decay_loss", "learning_rate")
 
     def __init__(self, learner: Learner, strategy, dataset, total_steps: int,
                  global_batch: int, verbose: bool = True):
@@ -303,7 +329,8 @@ class SimCLRTrainer(orbit.StandardTrainer):
         eta = (self.total_steps - step) / rate if rate > 0 else 0.0
         if self.verbose:
             shown = " ".join(f"{k} {results[k]:.4g}" for k in
-                             ("loss", "contrast_acc", "sup_acc", "learning_rate")
+                             ("loss", "contrast_acc", "sup_acc", "teacher_agreement",
+                              "learning_rate")
                              if k in results)
             print(f"step {step}/{self.total_steps} {shown} | "
                   f"{results['images_per_second']:.1f} img/s | ETA "
@@ -323,10 +350,21 @@ def prepare_data(config, run_config, mode, write: bool = True):
     """(source, indices) of the training examples of `mode`; for supervised
     modes the labelled subset, whose ids are written to model_dir when
     `write`."""
-    source = make_source(config.data, config.data.train_split,
-                         labelled=mode != "pretrain")
+    labelled = mode not in ("pretrain", "distill") or config.train.distill_alpha > 0
+    source = make_source(config.data, config.data.train_split, labelled=labelled)
     if mode == "pretrain":
         indices = np.arange(len(source))
+    elif mode == "distill":
+        # Every image; only the labelled subset keeps its label (the rest -1).
+        indices = np.arange(len(source))
+        if labelled:
+            keep = labelled_subset(
+                source, config.data.label_fraction, config.data.label_ids_file,
+                seed=config.data.seed,
+                write_to=os.path.join(run_config.model_dir, SUBSET_FILE) if write else None)
+            labels = np.full(len(source), -1, np.int64)
+            labels[keep] = np.asarray(source.labels)[keep]
+            source = dataclasses.replace(source, labels=labels)
     else:
         indices = labelled_subset(
             source, config.data.label_fraction, config.data.label_ids_file,
@@ -353,7 +391,10 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
     global_batch = config.train.train_batch_size
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
-        learner = Learner(config, mode, steps.total_steps, steps.warmup_steps)
+        teacher = (load_teacher(run_config.teacher, config.data.image_size)
+                   if mode == "distill" else None)
+        learner = Learner(config, mode, steps.total_steps, steps.warmup_steps,
+                          teacher=teacher)
         checkpoint = tf.train.Checkpoint(**learner.checkpoint_items())
     chief = _is_chief(strategy)
     checkpoint_dir = run_config.model_dir if chief else os.path.join(
@@ -366,7 +407,7 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
         log.warning("resuming from %s at step %d", manager.latest_checkpoint,
                     int(learner.step.numpy()))
     elif run_config.checkpoint:
-        init_from_checkpoint(learner.model, run_config.checkpoint)
+        init_model(learner.model, run_config.checkpoint)
         if learner.momentum_encoder is not None:
             learner.momentum_encoder.copy_online()
         head = learner.model.supervised_head
@@ -431,8 +472,8 @@ def evaluate(config: ExperimentConfig, run_config: RunConfig, strategy,
             tf.train.Checkpoint(**learner.checkpoint_items()).restore(
                 checkpoint_path).expect_partial()
         else:
-            checkpoint_path = resolve_checkpoint(run_config.checkpoint)
-            init_from_checkpoint(learner.model, checkpoint_path)
+            checkpoint_path = run_config.checkpoint
+            init_model(learner.model, checkpoint_path)
     dataset = distribute(strategy, lambda ctx: build_from_config(
         config.data, source, "eval", batch, input_context=ctx))
     model = learner.model
@@ -468,6 +509,25 @@ def evaluate(config: ExperimentConfig, run_config: RunConfig, strategy,
     return result
 
 
+def export_at_end(config: ExperimentConfig, run_config: RunConfig, strategy,
+                  learner: Learner, verbose: bool = True) -> Optional[str]:
+    """Hub modules of the trained model in <model_dir>/<export_dir>/<step>.
+    Every worker exports (saving may need all of them); only the chief's stays."""
+    chief = _is_chief(strategy)
+    export_dir = os.path.join(run_config.model_dir, config.export.export_dir)
+    if not chief:
+        export_dir = os.path.join(run_config.model_dir,
+                                  f".worker_{strategy.cluster_resolver.task_id}_export")
+    path = export_hub_modules(learner.model, export_dir, config=config,
+                              step=int(learner.step.numpy()))
+    if not chief:
+        shutil.rmtree(export_dir, ignore_errors=True)
+        return None
+    if verbose:
+        print(f"exported hub modules to {path}", flush=True)
+    return path
+
+
 def trained_mode(model_dir: str, default: str) -> str:
     """The training mode recorded in model_dir's config.json, else `default`."""
     path = os.path.join(model_dir, CONFIG_FILE)
@@ -501,6 +561,9 @@ def run(config: ExperimentConfig, run_config: RunConfig, verbose: bool = True,
         data = prepare_data(config, run_config, mode, write=False)
         _supervised_classes(config, data[0])
         schedule_steps(config, len(data[1]))
+    if run_config.mode in ("eval", "train_then_eval"):  # before training, not after
+        make_source(config.data, run_config.eval_split or config.data.eval_split,
+                    labelled=True)
     tf_keras.mixed_precision.set_global_policy(config.train.precision)
     if run_config.mode == "eval":
         source_dir = run_config.model_dir
@@ -518,13 +581,18 @@ def run(config: ExperimentConfig, run_config: RunConfig, verbose: bool = True,
                          "command": " ".join(sys.argv)})
         learner, result = None, None
         if mode is not None:
-            if mode != "pretrain":  # record the labelled subset next to the run
+            if mode == "distill" and config.train.distill_alpha > 0:
+                prepare_data(config, run_config, mode, write=True)  # writes the ids
+            elif mode in ("finetune", "linear_eval"):  # the labelled subset's ids
                 labelled_subset(data[0], config.data.label_fraction,
                                 config.data.label_ids_file, seed=config.data.seed,
                                 write_to=os.path.join(run_config.model_dir, SUBSET_FILE))
             learner = train(config, run_config, strategy, mode, verbose, data=data)
         if run_config.mode in ("eval", "train_then_eval"):
             result = evaluate(config, run_config, strategy, learner, verbose)
-        return {"learner": learner, "result": result}
+        export = None
+        if learner is not None and config.export.export_at_end:
+            export = export_at_end(config, run_config, strategy, learner, verbose)
+        return {"learner": learner, "result": result, "export": export}
     finally:
         tf_keras.mixed_precision.set_global_policy("float32")
