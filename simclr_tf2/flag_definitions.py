@@ -88,6 +88,9 @@ CONFIG_FLAGS: Dict[str, Tuple[str, str]] = {
                                   "temperature of teacher and student."),
     "train.distill_alpha": ("distill_alpha", "Distillation: weight of the supervised "
                             "loss on the labelled subset (0 = unlabeled only)."),
+    "train.distill_precompute": ("distill_precompute", "Distillation: teacher logits "
+                                 "once per image (eval view) before training, for big "
+                                 "teachers; default: on every augmented view."),
     "train.precision": ("precision", "float32, mixed_bfloat16 (TPU) or mixed_float16 "
                         "(GPU, with loss scaling)."),
     "train.steps_per_loop": ("steps_per_loop", "Steps per host loop (progress line)."),

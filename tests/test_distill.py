@@ -124,9 +124,32 @@ def test_student_learns_the_teacher_whose_weights_never_change():
     assert (learned == taught).mean() >= 0.85, (learned, taught)
 
 
+def test_precomputed_teacher_logits_travel_with_the_batch():
+    teacher = PixelTeacher()
+    config = _config(**{"train.distill_temperature": 2.0})
+    learner = Learner(config, "distill", total_steps=10)  # no teacher function
+    images, _ = _digits(16)
+    t = teacher(images).numpy()
+    student = learner.model(images, training=True)["logits_sup"].numpy()
+    metrics = learner.replica_step({"image": images, "teacher_logits": tf.constant(t)})
+    assert float(metrics["distill_loss"]) == pytest.approx(_np_distill(t, student, 2.0),
+                                                           rel=1e-4)
+    with pytest.raises(ValueError, match="precomputed 'teacher_logits'"):
+        learner.replica_step({"image": images})
+
+
+def test_pipeline_extras_follow_their_example():
+    from simclr_tf2.data import build_dataset, builtin_source
+    source = builtin_source("digits", "train", 32)
+    table = np.arange(len(source) * 2, dtype=np.float32).reshape(-1, 2)
+    ds = build_dataset(source, "finetune", 8, 32, extras={"t": table}, seed=3)
+    for batch in ds.take(3):
+        np.testing.assert_array_equal(batch["t"].numpy(), table[batch["index"].numpy()])
+
+
 def test_distill_needs_a_teacher_and_classes(tmp_path):
-    with pytest.raises(ValueError, match="needs a teacher"):
-        Learner(_config(), "distill", total_steps=1)
+    with pytest.raises(ValueError, match="only mode 'distill' takes a teacher"):
+        Learner(_config(), "finetune", total_steps=1, teacher=PixelTeacher())
     from simclr_tf2.training.runner import RunConfig, run
     with pytest.raises(ValueError, match="distill needs --teacher"):
         run(_config(), RunConfig(mode="distill", model_dir=str(tmp_path / "a")))
@@ -171,6 +194,11 @@ def test_distill_from_a_run_and_from_its_hub_export_resumes_and_exports(tmp_path
     from_hub = _cli(common + ["--mode=distill", f"--teacher={export}", "--train_steps=5",
                               f"--model_dir={hub_dir}"])
     assert from_hub.returncode == 0, from_hub.stderr[-3000:]
+    precomputed = _cli(common + ["--mode=distill", f"--teacher={export}", "--train_steps=5",
+                                 "--distill_precompute", "--noexport_at_end",
+                                 f"--model_dir={tmp_path / 'precomputed'}"])
+    assert precomputed.returncode == 0, precomputed.stderr[-3000:]
+    assert "teacher logits precomputed for 1438 images" in precomputed.stdout
     assert os.listdir(os.path.join(hub_dir, "hub")) == ["5"]
     recorded = json.load(open(os.path.join(hub_dir, "config.json")))
     assert recorded["run"]["teacher"] == export

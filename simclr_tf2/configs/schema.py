@@ -149,6 +149,9 @@ class TrainConfig:
     # weight alpha of the supervised loss on labelled images (0 = none).
     distill_temperature: float = 1.0
     distill_alpha: float = 0.0
+    # Compute the teacher's logits once per image (on the eval view) before
+    # training instead of on every augmented view: for big teachers.
+    distill_precompute: bool = False
     precision: str = "float32"
     steps_per_loop: int = 100
     summary_interval: int = 100

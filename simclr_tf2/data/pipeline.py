@@ -6,7 +6,7 @@ TPU); the last eval batch is padded to full size with label -1 and index -1
 (every loss and metric here ignores label -1), so eval covers every example
 with static shapes too.
 """
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -67,7 +67,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                   shuffle_buffer: int = 10000, cache: bool = False,
                   repeat: Optional[bool] = None,
                   input_context: Optional[tf.distribute.InputContext] = None,
-                  start_step: int = 0) -> tf.data.Dataset:
+                  start_step: int = 0,
+                  extras: Optional[Dict[str, np.ndarray]] = None) -> tf.data.Dataset:
     """Batches of `batch_size` (per replica when `input_context` is given, in
     which case `batch_size` is the global batch) for `mode`.
 
@@ -77,6 +78,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     `start_step` skips the batches of that many steps, so a resumed run reads
     exactly what an uninterrupted one would (sources with random access skip
     indices only; others read and drop the skipped examples).
+    `extras` {name: array with one row per source example} adds that row to
+    each element (e.g. precomputed teacher logits).
     """
     if mode not in PIPELINE_MODES:
         raise DataError(f"mode must be one of {list(PIPELINE_MODES)}. Received: {mode!r}")
@@ -99,6 +102,11 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                             // input_context.num_input_pipelines, 1)
     skip = start_step * local_batch * replicas_here
     labels = tf.constant(source.labels)
+    extra_tensors = {k: tf.constant(v) for k, v in (extras or {}).items()}
+    for name, value in (extras or {}).items():
+        if len(value) != len(source):
+            raise DataError(f"extra {name!r} has {len(value)} rows for {len(source)} "
+                            "examples")
     if source.load is not None and not cache:
         # Shuffle and skip cheap indices; read and decode only what is used.
         ds = tf.data.Dataset.from_tensor_slices(indices)
@@ -111,6 +119,7 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
         def transform(counter, index):
             out = view(source.load(index), tf.stack([base, counter]))
             out.update(label=tf.gather(labels, index), index=index)
+            out.update({k: tf.gather(v, index) for k, v in extra_tensors.items()})
             return out
     else:
         ds = source.dataset(indices)
@@ -127,6 +136,7 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
             out = view(example["image"], tf.stack([base, counter]))
             # Labels from source.labels, which may mask some (-1): distillation.
             out.update(label=tf.gather(labels, example["index"]), index=example["index"])
+            out.update({k: tf.gather(v, example["index"]) for k, v in extra_tensors.items()})
             return out
 
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -163,7 +173,8 @@ def _view_fn(mode: str, image_size: int, color_strength: float, blur: bool
 def build_from_config(config: DataConfig, source: Source, mode: str, batch_size: int,
                       indices: Optional[np.ndarray] = None,
                       input_context: Optional[tf.distribute.InputContext] = None,
-                      repeat: Optional[bool] = None, start_step: int = 0
+                      repeat: Optional[bool] = None, start_step: int = 0,
+                      extras: Optional[Dict[str, np.ndarray]] = None
                       ) -> tf.data.Dataset:
     """`build_dataset` with the augmentation and input settings of `config`."""
     return build_dataset(source, mode, batch_size, config.image_size, indices,
@@ -171,7 +182,7 @@ def build_from_config(config: DataConfig, source: Source, mode: str, batch_size:
                          blur=config.use_blur, seed=config.seed,
                          shuffle_buffer=config.shuffle_buffer, cache=config.cache,
                          repeat=repeat, input_context=input_context,
-                         start_step=start_step)
+                         start_step=start_step, extras=extras)
 
 
 def distribute(strategy: tf.distribute.Strategy,

@@ -97,8 +97,8 @@ class Learner(tf.Module):
         super().__init__(name=name)
         check(mode in LEARNER_MODES,
               f"mode must be one of {list(LEARNER_MODES)}. Received: {mode!r}")
-        check((mode == "distill") == (teacher is not None),
-              "mode 'distill' needs a teacher (images -> logits), and only it does")
+        check(mode == "distill" or teacher is None,
+              f"only mode 'distill' takes a teacher. Received: mode={mode!r}")
         # Not tracked: the teacher is neither trained nor checkpointed with the run.
         self._teacher = [teacher]
         self.config = config
@@ -173,8 +173,13 @@ class Learner(tf.Module):
         elif self.mode == "distill":
             outputs = self.model(batch["image"], training=True)
             logits = outputs["logits_sup"]
-            teacher = tf.stop_gradient(tf.cast(self._teacher[0](batch["image"]),
-                                               tf.float32))
+            if self._teacher[0] is not None:
+                teacher = self._teacher[0](batch["image"])
+            else:
+                check("teacher_logits" in batch, "distill without a teacher function "
+                      "needs batches with precomputed 'teacher_logits'")
+                teacher = batch["teacher_logits"]
+            teacher = tf.stop_gradient(tf.cast(teacher, tf.float32))
             loss = distillation_loss(teacher, logits, train.distill_temperature)
             agree = tf.equal(tf.argmax(teacher, -1), tf.argmax(logits, -1))
             metrics.update(distill_loss=loss,

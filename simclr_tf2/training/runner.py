@@ -393,6 +393,11 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
     with strategy.scope():
         teacher = (load_teacher(run_config.teacher, config.data.image_size)
                    if mode == "distill" else None)
+        extras = None
+        if teacher is not None and config.train.distill_precompute:
+            extras = {"teacher_logits": precompute_teacher_logits(
+                teacher, config, source, indices, verbose)}
+            teacher = None  # the batches carry the logits
         learner = Learner(config, mode, steps.total_steps, steps.warmup_steps,
                           teacher=teacher)
         checkpoint = tf.train.Checkpoint(**learner.checkpoint_items())
@@ -422,7 +427,7 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
     pipeline_mode = "pretrain" if mode == "pretrain" else "finetune"
     dataset = distribute(strategy, lambda ctx: build_from_config(
         config.data, source, pipeline_mode, global_batch, indices,
-        input_context=ctx, start_step=start))
+        input_context=ctx, start_step=start, extras=extras))
     trainer = SimCLRTrainer(learner, strategy, dataset, steps.total_steps,
                             global_batch, verbose=verbose)
     summary_dir = os.path.join(run_config.model_dir, "summaries", "train") if chief else None
@@ -441,6 +446,26 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
     if not chief:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return learner
+
+
+def precompute_teacher_logits(teacher, config: ExperimentConfig, source, indices,
+                              verbose: bool = True) -> np.ndarray:
+    """The teacher's logits on the eval view of every example in `indices`
+    ([len(source), classes] float32; rows outside `indices` are zero)."""
+    start = time.time()
+    table = None
+    batch = config.train.eval_batch_size
+    for element in build_from_config(config.data, source, "eval", batch, indices):
+        logits = tf.cast(teacher(element["image"]), tf.float32).numpy()
+        index = element["index"].numpy()
+        if table is None:
+            table = np.zeros([len(source), logits.shape[-1]], np.float32)
+        keep = index >= 0  # eval batches are padded with index -1
+        table[index[keep]] = logits[keep]
+    if verbose:
+        print(f"teacher logits precomputed for {len(indices)} images in "
+              f"{time.time() - start:.0f}s", flush=True)
+    return table
 
 
 def _image_summaries(summary_dir, config, source, indices, mode, count=4):
