@@ -6,6 +6,7 @@ TPU); the last eval batch is padded to full size with label -1 and index -1
 (every loss and metric here ignores label -1), so eval covers every example
 with static shapes too.
 """
+import functools
 from typing import Callable, Dict, Optional
 
 import numpy as np
@@ -45,6 +46,12 @@ def _pad_batch(batch, batch_size):
         padded = tf.pad(value, paddings, constant_values=tf.cast(fill, value.dtype))
         return tf.ensure_shape(padded, [batch_size] + value.shape[1:].as_list())
     return {k: pad(v, -1 if k in ("label", "index") else 0) for k, v in batch.items()}
+
+
+def _all_padding(batch):
+    """A batch of padding only: label and index -1, images 0."""
+    return {k: tf.fill(tf.shape(v), tf.cast(-1 if k in ("label", "index") else 0, v.dtype))
+            for k, v in batch.items()}
 
 
 def _eval_filler_batches(total: int, local: int, batch: int,
@@ -142,11 +149,10 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=training)
     if not training:
-        ds = ds.map(lambda b: _pad_batch(b, local_batch))
+        ds = ds.map(functools.partial(_pad_batch, batch_size=local_batch))
         extra = _eval_filler_batches(total, len(indices), local_batch, input_context)
         if extra:
-            filler = ds.take(1).map(lambda b: {k: tf.fill(tf.shape(v), tf.cast(
-                -1 if k in ("label", "index") else 0, v.dtype)) for k, v in b.items()})
+            filler = ds.take(1).map(_all_padding)
             ds = ds.concatenate(filler.repeat(extra))
     options = tf.data.Options()
     options.deterministic = True
