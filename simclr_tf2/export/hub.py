@@ -340,7 +340,8 @@ def load_hub_module(path: str, trainable: bool = False,
     surrounding model trains). output_key=None returns the whole dict.
     """
     import tensorflow_hub as hub
-    if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+    from simclr_tf2.export.official import is_savedmodel_dir
+    if not is_savedmodel_dir(path):
         raise ExportError(f"{path!r} is not a SavedModel directory (no saved_model.pb)")
     return hub.KerasLayer(path, trainable=trainable, output_key=output_key, **kwargs)
 

@@ -16,7 +16,6 @@ import logging
 import re
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -26,7 +25,6 @@ from simclr_tf2.models import SimCLRModel
 
 log = logging.getLogger("simclr_tf2.export")
 
-_BN_LEAVES = ("gamma", "beta", "moving_mean", "moving_variance")
 _LAYER_RE = re.compile(r"^(?:sync_)?(conv2d|batch_normalization|dense)(?:_(\d+))?$")
 
 
@@ -270,13 +268,3 @@ def load_official_savedmodel(path: str, config: Optional[ModelConfig] = None,
     report.source = path
     model.import_report = report
     return model
-
-
-def official_outputs_match(model: SimCLRModel, loaded, images: np.ndarray,
-                           keys=None) -> Dict[str, float]:
-    """Max |difference| per output between `model` and an official module
-    called with the authors' convention (for checks and tests)."""
-    theirs = loaded(tf.constant(images, tf.float32), trainable=False)
-    mine = model(tf.constant(images, tf.float32), training=False)
-    keys = keys or [k for k in theirs if k in mine]
-    return {k: float(tf.reduce_max(tf.abs(theirs[k] - mine[k]))) for k in keys}
