@@ -161,7 +161,10 @@ def _float32_copy(model: SimCLRModel, image_size: int) -> SimCLRModel:
 
 
 def _export_model_config(config: ModelConfig) -> ModelConfig:
-    return dataclasses.replace(config, fine_tune_after_block=-1)
+    """Everything trainable; plain (per-replica) batch norm: a module runs on
+    the caller's devices, and synchronized BN's custom gradient cannot be
+    saved (loading warned once per BN layer). Same variables either way."""
+    return dataclasses.replace(config, fine_tune_after_block=-1, sync_bn=False)
 
 
 def _module_readme(name: str, metadata: Dict) -> str:
