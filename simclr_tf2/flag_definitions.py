@@ -55,6 +55,12 @@ CONFIG_FLAGS: Dict[str, Tuple[str, str]] = {
     "data.color_jitter_strength": ("color_jitter_strength", "Colour jitter strength s "
                                    "(1.0 ImageNet, 0.5 CIFAR)."),
     "data.use_blur": ("use_blur", "Gaussian blur in pretraining views."),
+    "data.crop_area_min": ("crop_area_min", "Smallest area fraction of the random "
+                           "resized crop (paper 0.08; larger for small images such "
+                           "as digits)."),
+    "data.use_flip": ("use_flip", "Random horizontal flip in pretraining and "
+                      "fine-tuning views (off for orientation-sensitive images "
+                      "such as digits)."),
     "data.cache": ("cache", "Cache decoded images in memory."),
     "data.shuffle_buffer": ("shuffle_buffer", "Shuffle buffer for sequential sources "
                             "(tfds); folders and built-in data shuffle fully."),
@@ -142,6 +148,9 @@ def define_flags(flag_values=flags.FLAGS) -> None:
                         "checkpoint (prefix or directory; model weights only) or "
                         "from an official SimCLRv2 TF2 SavedModel directory.",
                         flag_values=flag_values)
+    flags.DEFINE_bool("from_scratch", False, "finetune / linear_eval: start from random "
+                      "weights instead of --checkpoint (supervised baselines).",
+                      flag_values=flag_values)
     flags.DEFINE_string("teacher", None, "distill: the teacher, a fine-tuned run dir or "
                         "checkpoint, a hub export (head_k) or an official SimCLRv2 "
                         "SavedModel.", flag_values=flag_values)
@@ -187,5 +196,6 @@ def configs_from_flags(flag_values=flags.FLAGS) -> Tuple[ExperimentConfig, RunCo
         strategy=flag_values.strategy, tpu=flag_values.tpu, tpu_zone=flag_values.tpu_zone,
         gcp_project=flag_values.gcp_project, num_gpus=flag_values.num_gpus,
         num_cpu_devices=flag_values.num_cpu_devices,
-        deterministic=flag_values.deterministic, teacher=flag_values.teacher)
+        deterministic=flag_values.deterministic, teacher=flag_values.teacher,
+        from_scratch=flag_values.from_scratch)
     return config, run_config

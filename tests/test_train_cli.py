@@ -68,6 +68,8 @@ def _snapshot(directory):
 @pytest.mark.parametrize("args,message", [
     (["--preset=r999"], "unknown preset 'r999'"),
     (["--mode=finetune"], "pass --checkpoint"),
+    (["--mode=finetune"], "or --from_scratch"),
+    (["--mode=finetune", "--from_scratch", "--checkpoint=/tmp"], "cannot be combined"),
     (["--fine_tune_after_block=2"], "fine_tune_after_block"),
     (["--strategy=mirrored", "--num_cpu_devices=3", "--train_batch_size=32"],
      "not divisible by the 3 replicas"),
@@ -93,6 +95,20 @@ def _tiny(**overrides):
               "train.train_batch_size": 32, "export.export_at_end": False}
     values.update(overrides)
     return get_preset("tiny").override(**values)
+
+
+def test_from_scratch_trains_a_supervised_baseline_without_a_checkpoint(tmp_path):
+    config = _tiny(**{"train.train_steps": 4, "train.steps_per_loop": 2,
+                      "train.summary_interval": 2, "data.label_fraction": 0.1,
+                      "model.proj_head_mode": "none"})
+    outcome = run(config, RunConfig(mode="train_then_eval", train_mode="finetune",
+                                    model_dir=str(tmp_path), from_scratch=True),
+                  verbose=False)
+    assert int(outcome["learner"].step.numpy()) == 4
+    assert outcome["result"]["num_examples"] == 359
+    ids = open(os.path.join(str(tmp_path), "labelled_ids.txt")).read().split()
+    assert len(ids) == pytest.approx(144, abs=5)
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-4")
 
 
 @pytest.mark.slow

@@ -66,6 +66,9 @@ class RunConfig:
     # distill: the teacher (a run dir / checkpoint, a hub export, or an
     # official SimCLRv2 SavedModel).
     teacher: Optional[str] = None
+    # finetune / linear_eval from random weights (supervised baselines)
+    # instead of a pretrained checkpoint.
+    from_scratch: bool = False
 
     def __post_init__(self):
         check(self.mode in RUN_MODES, f"mode must be one of {list(RUN_MODES)}. "
@@ -119,10 +122,13 @@ def validate(config: ExperimentConfig, run_config: RunConfig) -> None:
               f"teacher {run_config.teacher!r} not found")
     if training in ("finetune", "linear_eval"):
         has_own = tf.train.latest_checkpoint(run_config.model_dir) is not None
-        check(run_config.checkpoint is not None or has_own,
+        check(not (run_config.from_scratch and run_config.checkpoint),
+              "from_scratch starts from random weights; it cannot be combined with "
+              f"--checkpoint={run_config.checkpoint}: drop one of them")
+        check(run_config.checkpoint is not None or has_own or run_config.from_scratch,
               f"{training} starts from a pretrained model: pass --checkpoint=<a "
               "pretraining checkpoint or model dir> (model_dir has no checkpoint "
-              "to resume)")
+              "to resume), or --from_scratch for a supervised baseline")
     if run_config.mode == "eval":
         has_own = tf.train.latest_checkpoint(run_config.model_dir) is not None
         check(run_config.checkpoint is not None or has_own,
@@ -329,7 +335,8 @@ class SimCLRTrainer(orbit.StandardTrainer):
         eta = (self.total_steps - step) / rate if rate > 0 else 0.0
         if self.verbose:
             shown = " ".join(f"{k} {results[k]:.4g}" for k in
-                             ("loss", "contrast_acc", "sup_acc", "teacher_agreement",
+                             ("loss", "contrast_loss", "contrast_acc", "sup_loss",
+                              "sup_acc", "distill_loss", "teacher_agreement",
                               "learning_rate")
                              if k in results)
             print(f"step {step}/{self.total_steps} {shown} | "
