@@ -42,6 +42,36 @@ def test_crop_window_area_and_aspect_bounds():
     assert aspects.min() < 0.8 and aspects.max() > 1.25
 
 
+def test_crop_area_min_raises_the_smallest_crop():
+    shape = tf.constant([28, 28, 3])
+    areas = []
+    for i in range(DRAWS):
+        _, _, height, width = augment.crop_window(shape, _seed(i), area_range=(0.5, 1.0)).numpy()
+        areas.append(height * width / 28 ** 2)
+    assert min(areas) >= 0.5 - 2 / 28 and max(areas) <= 1.0
+    assert min(areas) < 0.6
+    image = _colourful(28, 28)
+    # The same seed draws the same window whatever the other settings.
+    np.testing.assert_array_equal(
+        augment.random_resized_crop(image, _seed(3), 28, 0.08),
+        augment.random_resized_crop(image, _seed(3), 28))
+
+
+def test_views_without_flip_never_flip():
+    image = _colourful(28, 28)
+    for i in range(20):
+        seed = _seed(i)
+        crop_seed, _ = augment.split_seed(seed, 2)
+        expected = augment.random_resized_crop(image, crop_seed, 28, 0.5)
+        np.testing.assert_array_equal(
+            augment.finetune_view(image, seed, 28, crop_area_min=0.5, flip=False), expected)
+    flipped = sum(not np.array_equal(augment.finetune_view(image, _seed(i), 28, 0.5),
+                                     augment.random_resized_crop(
+                                         image, augment.split_seed(_seed(i), 2)[0], 28, 0.5))
+                  for i in range(20))
+    assert 4 <= flipped <= 16  # with flip on, about half differ
+
+
 def test_random_resized_crop_shape_range_and_determinism():
     image = _colourful(50, 70)
     out = augment.random_resized_crop(image, _seed(1), 32)

@@ -105,6 +105,10 @@ class DataConfig:
     label_ids_file: Optional[str] = None
     color_jitter_strength: float = 1.0
     use_blur: bool = True
+    # Smallest crop area fraction of the random resized crop (paper: 0.08),
+    # and the horizontal flip (paper: on), for pretraining and fine-tuning.
+    crop_area_min: float = 0.08
+    use_flip: bool = True
     cache: bool = False
     shuffle_buffer: int = 10000
     seed: int = 0
@@ -120,6 +124,7 @@ class DataConfig:
         _check_range("label_fraction", self.label_fraction, 0, 1,
                      low_inclusive=False)
         _check_range("color_jitter_strength", self.color_jitter_strength, 0)
+        _check_range("crop_area_min", self.crop_area_min, 0, 1, low_inclusive=False)
         _check_range("shuffle_buffer", self.shuffle_buffer, 0)
         check(self.dataset != "folder" or bool(self.data_dir),
               "dataset='folder' needs data_dir pointing at the image folder. "

@@ -58,9 +58,11 @@ def resize(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
-    """Random crop (area [0.08, 1], aspect [3/4, 4/3]) then bicubic resize."""
-    window = crop_window(tf.shape(image), seed)
+def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, size: int,
+                        area_min: float = CROP_AREA_RANGE[0]) -> tf.Tensor:
+    """Random crop (area [area_min, 1], default 0.08; aspect [3/4, 4/3]) then
+    bicubic resize."""
+    window = crop_window(tf.shape(image), seed, area_range=(area_min, 1.0))
     crop = tf.image.crop_to_bounding_box(image, window[0], window[1],
                                          window[2], window[3])
     return resize(crop, size)
@@ -185,21 +187,30 @@ def random_blur(image: tf.Tensor, seed: tf.Tensor, image_size: int,
 
 # ----------------------------------------------------------------- recipes
 def pretrain_view(image: tf.Tensor, seed: tf.Tensor, size: int,
-                  color_strength: float = 1.0, blur: bool = True) -> tf.Tensor:
-    """One SimCLR pretraining view: crop + flip, colour distortion, blur."""
+                  color_strength: float = 1.0, blur: bool = True,
+                  crop_area_min: float = CROP_AREA_RANGE[0],
+                  flip: bool = True) -> tf.Tensor:
+    """One SimCLR pretraining view: crop + flip, colour distortion, blur.
+    `crop_area_min` and `flip=False` adapt the recipe to small or oriented
+    images (e.g. digits); the defaults are the paper's."""
     crop_seed, flip_seed, color_seed, blur_seed = split_seed(seed, 4)
-    image = random_resized_crop(image, crop_seed, size)
-    image = random_flip(image, flip_seed)
+    image = random_resized_crop(image, crop_seed, size, crop_area_min)
+    if flip:
+        image = random_flip(image, flip_seed)
     image = random_color_distortion(image, color_seed, color_strength)
     if blur:
         image = random_blur(image, blur_seed, size)
     return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [size, size, 3])
 
 
-def finetune_view(image: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
+def finetune_view(image: tf.Tensor, seed: tf.Tensor, size: int,
+                  crop_area_min: float = CROP_AREA_RANGE[0],
+                  flip: bool = True) -> tf.Tensor:
     """Fine-tuning: crop + flip only."""
     crop_seed, flip_seed = split_seed(seed, 2)
-    image = random_flip(random_resized_crop(image, crop_seed, size), flip_seed)
+    image = random_resized_crop(image, crop_seed, size, crop_area_min)
+    if flip:
+        image = random_flip(image, flip_seed)
     return tf.ensure_shape(image, [size, size, 3])
 
 

@@ -71,6 +71,7 @@ def _eval_filler_batches(total: int, local: int, batch: int,
 def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                   indices: Optional[np.ndarray] = None,
                   color_strength: float = 1.0, blur: bool = True, seed: int = 0,
+                  crop_area_min: float = augment.CROP_AREA_RANGE[0], flip: bool = True,
                   shuffle_buffer: int = 10000, cache: bool = False,
                   repeat: Optional[bool] = None,
                   input_context: Optional[tf.distribute.InputContext] = None,
@@ -102,7 +103,7 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                         f"{local_batch}: lower the batch size")
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     base = tf.constant(seed * 1_000_003 + pipeline_id, tf.int64)
-    view = _view_fn(mode, image_size, color_strength, blur)
+    view = _view_fn(mode, image_size, color_strength, blur, crop_area_min, flip)
     replicas_here = 1
     if input_context is not None:
         replicas_here = max(input_context.num_replicas_in_sync
@@ -160,18 +161,22 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _view_fn(mode: str, image_size: int, color_strength: float, blur: bool
+def _view_fn(mode: str, image_size: int, color_strength: float, blur: bool,
+             crop_area_min: float, flip: bool
              ) -> Callable[[tf.Tensor, tf.Tensor], dict]:
     if mode == "pretrain":
         def views(image, seed):
             first, second = augment.split_seed(seed, 2)
             return {"view1": augment.pretrain_view(image, first, image_size,
-                                                   color_strength, blur),
+                                                   color_strength, blur,
+                                                   crop_area_min, flip),
                     "view2": augment.pretrain_view(image, second, image_size,
-                                                   color_strength, blur)}
+                                                   color_strength, blur,
+                                                   crop_area_min, flip)}
         return views
     if mode == "finetune":
-        return lambda image, seed: {"image": augment.finetune_view(image, seed, image_size)}
+        return lambda image, seed: {"image": augment.finetune_view(
+            image, seed, image_size, crop_area_min, flip)}
     crop = augment.use_eval_crop(image_size)
     return lambda image, seed: {"image": augment.eval_view(image, image_size, crop)}
 
@@ -186,6 +191,7 @@ def build_from_config(config: DataConfig, source: Source, mode: str, batch_size:
     return build_dataset(source, mode, batch_size, config.image_size, indices,
                          color_strength=config.color_jitter_strength,
                          blur=config.use_blur, seed=config.seed,
+                         crop_area_min=config.crop_area_min, flip=config.use_flip,
                          shuffle_buffer=config.shuffle_buffer, cache=config.cache,
                          repeat=repeat, input_context=input_context,
                          start_step=start_step, extras=extras)
