@@ -38,6 +38,7 @@ def stage_configs(flagfile: str, model_dir: str, extra=()):
 
 
 def run_demo(model_dir: str, verbose: bool = True) -> dict:
+    from simclr_tf2.quickstart import module_top1
     from simclr_tf2.training.runner import run
     pretrain_dir = os.path.join(model_dir, "pretrain")
     finetune_dir = os.path.join(model_dir, "finetune_10pct")
@@ -50,26 +51,12 @@ def run_demo(model_dir: str, verbose: bool = True) -> dict:
     outcome = run(config, run_config, verbose=verbose)
     export_top1 = None
     if outcome["export"]:
-        export_top1 = _exported_top1(os.path.join(outcome["export"], "head_0"), config)
+        export_top1 = module_top1(os.path.join(outcome["export"], "head_0"),
+                                  config.data.dataset, config.data.image_size,
+                                  config.data.eval_split)
     return {"pretrain_seconds": pretrain_seconds, "export": outcome["export"],
             "export_top1": export_top1, "total_seconds": time.time() - start,
             **outcome["result"]}
-
-
-def _exported_top1(module_path: str, config) -> float:
-    """Test top-1 of the exported module's `logits_sup` (a fresh SavedModel load)."""
-    import tensorflow as tf
-    from simclr_tf2.data import build_dataset, make_source
-    module = tf.saved_model.load(module_path)
-    source = make_source(config.data, config.data.eval_split, labelled=True)
-    correct = total = 0
-    for batch in build_dataset(source, "eval", 128, config.data.image_size):
-        logits = module(batch["image"], training=False)["logits_sup"]
-        valid = batch["label"] >= 0
-        hits = tf.equal(tf.argmax(logits, -1), tf.cast(batch["label"], tf.int64))
-        correct += int(tf.reduce_sum(tf.cast(hits & valid, tf.int32)))
-        total += int(tf.reduce_sum(tf.cast(valid, tf.int32)))
-    return correct / max(total, 1)
 
 
 def main(argv):

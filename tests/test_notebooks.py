@@ -1,0 +1,111 @@
+"""The Colab notebooks: stored clean and well formed, and (slow) each runs top
+to bottom headlessly on its offline defaults and shows its plots."""
+import glob
+import os
+import sys
+
+import nbformat
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "colab"))
+from clean import clean  # noqa: E402
+NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colab", "*.ipynb")))
+# Run order: the later notebooks reuse the modules the earlier ones made.
+EXPECTED = ["pretraining.ipynb", "finetuning.ipynb", "load_and_inference.ipynb",
+            "distillation_self_training.ipynb"]
+REPO_BADGE = "https://colab.research.google.com/github/simclr-tf2/simclr-tf2/blob/main/colab/"
+
+
+def test_every_expected_notebook_is_there():
+    assert sorted(os.path.basename(p) for p in NOTEBOOKS) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_is_stored_clean_and_formatted(path):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    notebook = nbformat.reads(text, as_version=4)
+    nbformat.validate(notebook)
+    # Exactly what colab/clean.py writes (canonical layout, no outputs).
+    cleaned = nbformat.writes(clean(nbformat.reads(text, as_version=4)))
+    assert text in (cleaned, cleaned + "\n"), "run: python colab/clean.py " + path
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, \
+                "stored with outputs: clear them before committing"
+        lines = cell.source.split("\n")
+        assert all(line == line.rstrip() for line in lines), "trailing whitespace"
+        assert cell.source == cell.source.strip("\n"), "blank lines at a cell's edge"
+    first = notebook.cells[0].source
+    assert REPO_BADGE + os.path.basename(path) in first, "Open in Colab badge"
+    install = notebook.cells[1].source
+    assert 'find_spec("simclr_tf2") is None' in install and "pip" in install
+    tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "one cell tagged 'parameters'"
+    assert notebook.metadata["kernelspec"]["name"] == "python3"
+
+
+def test_clean_removes_outputs_and_editor_metadata():
+    notebook = nbformat.read(NOTEBOOKS[0], as_version=4)
+    cell = next(c for c in notebook.cells if c.cell_type == "code")
+    cell.outputs = [nbformat.v4.new_output("stream", text="hello")]
+    cell.execution_count = 7
+    cell.metadata["collapsed"] = True
+    cell.source += "   \n\n"
+    notebook.metadata["widgets"] = {"state": {}}
+    dirty = nbformat.writes(notebook)
+    cleaned = nbformat.writes(clean(nbformat.reads(dirty, as_version=4)))
+    assert cleaned != dirty
+    with open(NOTEBOOKS[0], encoding="utf-8") as f:
+        assert f.read() in (cleaned, cleaned + "\n")
+
+
+def _execute(path, workdir, tmp_path):
+    from nbclient import NotebookClient
+    notebook = nbformat.read(path, as_version=4)
+    env_bin = os.path.dirname(sys.executable)  # the kernel runs this interpreter
+    os.environ["PATH"] = env_bin + os.pathsep + os.environ.get("PATH", "")
+    os.environ["SIMCLR_TF2_NOTEBOOK_DIR"] = str(workdir)
+    client = NotebookClient(notebook, timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    with open(os.path.join(str(workdir), "executed_" + os.path.basename(path)), "w") as f:
+        nbformat.write(notebook, f)
+    return notebook
+
+
+@pytest.fixture(scope="module")
+def shared_workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("notebooks")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPECTED)
+def test_notebook_runs_headless_and_shows_plots(name, shared_workdir, tmp_path):
+    notebook = _execute(os.path.join(ROOT, "colab", name), shared_workdir, tmp_path)
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    errors = [o for o in outputs if o.output_type == "error"]
+    assert not errors
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert images, "the executed notebook shows no plot"
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    checks = {
+        "pretraining.ipynb": ["hub modules:"],
+        "finetuning.ipynb": ["test top-1:", "regularization loss"],
+        "load_and_inference.ipynb": ["logits_sup", "top-3", "TFSMLayer logits_sup max"],
+        "distillation_self_training.ipynb": ["distilled student: test top-1",
+                                             "labels-only student: test top-1"],
+    }[name]
+    for expected in checks:
+        assert expected in text, f"{expected!r} missing from the output"
+    if name == "load_and_inference.ipynb":
+        # Keras 3 and hub.KerasLayer give the module's own numbers.
+        for line in text.splitlines():
+            if "max |difference|" in line:
+                assert float(line.rsplit(" ", 1)[1]) < 1e-4, line
+    if name == "finetuning.ipynb":
+        after = [line for line in text.splitlines() if line.startswith("test top-1:")][0]
+        before, trained = [float(part.split("%")[0].split()[-1]) / 100
+                           for part in after.split(",")[:2]]
+        assert trained > before + 0.2, after  # it learned from 144 labels
