@@ -14,8 +14,8 @@ in flags/ (the commands a user would run):
    400 labelled images alone (--mode=finetune --from_scratch).
 Targets (issue 7): student >= teacher - 1 point, and student > baseline.
 Prints JSON (per seed and mean/std); finished stages found in --workdir are
-reused, so an interrupted run resumes. About 35 minutes on 2 CPU cores for
-one seed, most of it pretraining; each further seed adds about 10 minutes.
+reused, so an interrupted run resumes. On 2 CPU cores pretraining takes
+15-20 minutes and each seed 12-17 (bench/RESULTS.md has the measured times).
 `--quick` (a few steps per stage) only checks that the script runs.
 """
 import argparse
@@ -40,8 +40,9 @@ QUICK = ["--train_steps=4", "--steps_per_loop=2", "--summary_interval=2",
 
 
 def stage(flagfile, model_dir, extra=(), quick=False, verbose=True):
-    """Runs one stage unless model_dir already holds its result; returns
-    (result dict or None, seconds, images/s from the run)."""
+    """Runs one stage unless model_dir already holds its record; returns the
+    record {top1 (None for pretraining), seconds, steps, batch, flags,
+    images_per_second}, also kept in model_dir/bench_done.json."""
     done = os.path.join(model_dir, "bench_done.json")
     if os.path.exists(done):
         with open(done) as f:
