@@ -97,6 +97,12 @@ CONFIG_FLAGS: Dict[str, Tuple[str, str]] = {
     "train.distill_precompute": ("distill_precompute", "Distillation: teacher logits "
                                  "once per image (eval view) before training, for big "
                                  "teachers; default: on every augmented view."),
+    "train.bn_recompute": ("bn_recompute", "After supervised training, recompute the "
+                           "batch-norm statistics over the eval view of the run's own "
+                           "training images (final weights; never eval data): for "
+                           "small labelled sets."),
+    "train.bn_recompute_batches": ("bn_recompute_batches", "bn_recompute: at most "
+                                   "this many full batches."),
     "train.precision": ("precision", "float32, mixed_bfloat16 (TPU) or mixed_float16 "
                         "(GPU, with loss scaling)."),
     "train.steps_per_loop": ("steps_per_loop", "Steps per host loop (progress line)."),

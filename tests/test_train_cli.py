@@ -71,6 +71,7 @@ def _snapshot(directory):
     (["--mode=finetune"], "or --from_scratch"),
     (["--mode=finetune", "--from_scratch", "--checkpoint=/tmp"], "cannot be combined"),
     (["--fine_tune_after_block=2"], "fine_tune_after_block"),
+    (["--bn_recompute"], "bn_recompute applies after supervised training"),
     (["--strategy=mirrored", "--num_cpu_devices=3", "--train_batch_size=32"],
      "not divisible by the 3 replicas"),
     (["--dataset=folder", "--data_dir=/nonexistent/images"], "does not exist"),

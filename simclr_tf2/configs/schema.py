@@ -157,6 +157,12 @@ class TrainConfig:
     # Compute the teacher's logits once per image (on the eval view) before
     # training instead of on every augmented view: for big teachers.
     distill_precompute: bool = False
+    # After supervised training (finetune, linear_eval, distill), replace the
+    # batch-norm moving averages by the mean batch statistics of the final
+    # weights over the eval view of the run's own training images (at most
+    # bn_recompute_batches full batches). For small labelled sets.
+    bn_recompute: bool = False
+    bn_recompute_batches: int = 100
     precision: str = "float32"
     steps_per_loop: int = 100
     summary_interval: int = 100
@@ -186,7 +192,7 @@ class TrainConfig:
         _check_range("distill_alpha", self.distill_alpha, 0)
         _check_choice("precision", self.precision, PRECISIONS)
         for name in ("steps_per_loop", "summary_interval", "checkpoint_interval",
-                     "keep_checkpoint_max"):
+                     "keep_checkpoint_max", "bn_recompute_batches"):
             _check_range(name, getattr(self, name), 1)
 
 

@@ -24,6 +24,7 @@ from simclr_tf2.data.sources import DataError
 from simclr_tf2.export.hub import export_hub_modules
 from simclr_tf2.export.official import (OfficialImportError, import_official_variables,
                                         is_savedmodel_dir)
+from simclr_tf2.training.bn_stats import recompute_bn_statistics
 from simclr_tf2.training.learner import Learner, schedule_steps
 from simclr_tf2.training.teacher import load_teacher
 
@@ -120,6 +121,9 @@ def validate(config: ExperimentConfig, run_config: RunConfig) -> None:
               or tf.io.gfile.exists(run_config.teacher + ".index")
               or tf.io.gfile.isdir(run_config.teacher),
               f"teacher {run_config.teacher!r} not found")
+    check(not (config.train.bn_recompute and training == "pretrain"),
+          "bn_recompute applies after supervised training (finetune, linear_eval, "
+          "distill); pretraining keeps its moving averages: drop --bn_recompute")
     if training in ("finetune", "linear_eval"):
         has_own = tf.train.latest_checkpoint(run_config.model_dir) is not None
         check(not (run_config.from_scratch and run_config.checkpoint),
@@ -450,9 +454,45 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
               f"replica(s), steps {start} -> {steps.total_steps}", flush=True)
     if start < steps.total_steps:
         controller.train(steps=steps.total_steps)
+    if config.train.bn_recompute and mode != "pretrain":
+        recompute_bn(config, strategy, learner, source, indices, verbose)
+        # Overwrite the final checkpoint in place (manager.save skips a step
+        # it has already saved).
+        latest = manager.latest_checkpoint or manager.save(check_interval=False)
+        checkpoint.write(latest)
     if not chief:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return learner
+
+
+def recompute_bn(config: ExperimentConfig, strategy, learner: Learner, source, indices,
+                 verbose: bool = True) -> Dict[str, int]:
+    """`recompute_bn_statistics` over the eval view (no augmentation) of the
+    training examples `indices`, in full batches of up to train_batch_size."""
+    replicas = strategy.num_replicas_in_sync
+    batch = min(config.train.train_batch_size, len(indices)) // replicas * replicas
+    steps = min(config.train.bn_recompute_batches, len(indices) // max(batch, 1))
+    if steps == 0:
+        raise RunError(f"bn_recompute needs at least {replicas} training examples "
+                       f"(one per replica); the run has {len(indices)}")
+
+    def make(ctx):
+        local = batch // replicas
+        ds = build_from_config(config.data, source, "eval", batch, indices,
+                               input_context=ctx)
+        # Eval batches are padded with index -1: keep real images, full batches.
+        return ds.unbatch().filter(lambda e: e["index"] >= 0).batch(
+            local, drop_remainder=True)
+
+    start = time.time()
+    iterator = iter(distribute(strategy, make))
+    report = recompute_bn_statistics(learner.model, (next(iterator) for _ in range(steps)),
+                                     strategy)
+    if verbose:
+        print(f"batch-norm statistics of {report['layers']} layers recomputed over "
+              f"{steps * batch} training images (eval view, {steps} batches of {batch}) "
+              f"in {time.time() - start:.0f}s", flush=True)
+    return report
 
 
 def precompute_teacher_logits(teacher, config: ExperimentConfig, source, indices,
