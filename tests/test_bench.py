@@ -34,3 +34,64 @@ def test_distill_benchmark_quick_run_reports_every_stage_and_resumes(tmp_path):
     # Finished stages are reused: a second run trains nothing and agrees.
     again = _bench("distill.py", ["--quick", "--workdir", workdir])
     assert again["per_seed"] == report["per_seed"]
+
+
+@pytest.mark.slow
+def test_semisupervised_benchmark_quick_run_covers_every_method_and_fraction(tmp_path):
+    workdir = str(tmp_path / "semi")
+    report = _bench("semisupervised.py", ["--quick", "--seeds", "0", "--workdir", workdir],
+                    timeout=1800)
+    assert report["benchmark"] == "semisupervised_mnist5k_main" and report["quick"]
+    summary = report["summary"]
+    expected = {"logistic_regression_pixels": {"1pct", "10pct", "100pct"},
+                "scratch": {"1pct", "10pct", "100pct"},
+                "simclrv2_linear_eval": {"1pct", "10pct", "100pct"},
+                "simclrv2_finetune": {"1pct", "10pct"},
+                "simclrv2_distill": {"1pct", "10pct"}}
+    assert {m: set(f) for m, f in summary.items()} == expected
+    for method, by_fraction in report["results"].items():
+        for fraction, records in by_fraction.items():
+            assert len(records) == 1 and 0.0 <= records[0]["top1"] <= 1.0
+            assert summary[method][fraction]["mean"] == pytest.approx(
+                100 * records[0]["top1"])
+    # The pixel floor is fully trained even in a quick run: it learns.
+    pixels = summary["logistic_regression_pixels"]
+    assert pixels["1pct"]["mean"] > 40 and pixels["100pct"]["mean"] > 80
+    assert pixels["100pct"]["mean"] > pixels["1pct"]["mean"]
+    assert report["results"]["logistic_regression_pixels"]["1pct"][0]["examples"] == 40
+    assert report["results"]["scratch"]["10pct"][0]["steps"] == 4
+    assert set(report["targets"]) == {
+        "finetune_1pct_ge_88", "finetune_1pct_minus_scratch_ge_15",
+        "finetune_10pct_ge_97.5", "linear_eval_100pct_ge_98", "pretrain_le_30min"}
+    assert os.path.getsize(os.path.join(workdir, "semisupervised_mnist5k.png")) > 10000
+    # Labelled subsets come from the library's subset code, seeded by the seed.
+    ids = open(os.path.join(workdir, "seed0", "finetune_1pct", "labelled_ids.txt")).read()
+    assert len(ids.split()) == 40
+    # A rerun reuses every finished network stage; the pixel floor is refitted.
+    again = _bench("semisupervised.py", ["--quick", "--seeds", "0", "--workdir", workdir])
+    pixels_again = again["results"].pop("logistic_regression_pixels")
+    assert [r["top1"] for f in ("1pct", "10pct", "100pct") for r in pixels_again[f]] == [
+        r["top1"] for f in ("1pct", "10pct", "100pct")
+        for r in report["results"]["logistic_regression_pixels"][f]]
+    assert again["results"] == {m: r for m, r in report["results"].items()
+                                if m != "logistic_regression_pixels"}
+
+
+@pytest.mark.slow
+def test_semisupervised_ablations_quick_run_pairs_each_variant_with_its_control(tmp_path):
+    workdir = str(tmp_path / "ablations")
+    report = _bench("semisupervised.py", ["--quick", "--part", "ablations", "--seeds", "0",
+                                          "--workdir", workdir], timeout=1800)
+    rows = report["rows"]
+    assert [r["ablation"].split(":")[0] for r in rows] == [
+        "head", "memory", "width", "selective kernels"]
+    for row in rows:
+        control, variant = row["arms"]["control"], row["arms"]["variant"]
+        assert control["pretrain_flags"] != variant["pretrain_flags"]
+        assert row["variant_minus_control"]["values"] == pytest.approx(
+            [variant["top1"][0] - control["top1"][0]])
+    # The three R-18 controls share one pretraining run.
+    pretrains = os.listdir(os.path.join(workdir, "ablation_pretrain"))
+    assert sorted(p for p in pretrains if not p.endswith("_finetune")) == sorted(
+        ["base", "num_proj_layers_2", "queue_size_1024+memory_momentum_0.99",
+         "width_multiplier_0.5", "depth_50", "depth_50+sk_ratio_0.0625"])
