@@ -22,13 +22,10 @@ log = logging.getLogger("simclr_tf2.train")
 
 
 def batch_norm_layers(model: tf.Module) -> List[tf_keras.layers.BatchNormalization]:
-    """Every tf_keras BatchNormalization layer inside `model` (once each)."""
-    layers, seen = [], set()
-    for module in model.submodules:
-        if isinstance(module, tf_keras.layers.BatchNormalization) and id(module) not in seen:
-            seen.add(id(module))
-            layers.append(module)
-    return layers
+    """Every tf_keras BatchNormalization layer inside `model` (`submodules`
+    lists each module once)."""
+    return [module for module in model.submodules
+            if isinstance(module, tf_keras.layers.BatchNormalization)]
 
 
 def recompute_bn_statistics(model: tf_keras.Model, batches: Iterable,
