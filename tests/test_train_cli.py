@@ -201,9 +201,17 @@ def test_sigkill_and_rerun_resumes_to_the_same_weights(tmp_path):
 @pytest.mark.slow
 def test_two_replicas_follow_the_one_replica_loss_curve(tmp_path, capsys):
     # Contrastive loss only: the linear head on top trains with plain SGD at
-    # the same learning rate and would add its own float32 noise.
-    config = _tiny(**{"train.learning_rate": 0.05, "train.train_steps": 20,
-                      "memory.queue_size": 64,
+    # the same learning rate and would add its own float32 noise. Float32
+    # round-off differs between 1 and 2 replicas (summation order) and
+    # training amplifies it fast, with LARS or plain momentum alike: measured
+    # at learning rate 0.005, the two curves stayed within 0.13% up to step 6
+    # but drifted up to 0.65% apart by step 12 and 1.7% by step 20, as much as
+    # a different data seed moves them (1-1.7% from the first steps on). So:
+    # 6 steps logged every 2, a 0.5% tolerance. Exact equality of the
+    # distributed step over many steps is checked in float64 in test_learner.py.
+    config = _tiny(**{"train.learning_rate": 0.005, "train.train_steps": 6,
+                      "train.steps_per_loop": 2, "train.summary_interval": 2,
+                      "train.checkpoint_interval": 6, "memory.queue_size": 64,
                       "train.lineareval_while_pretraining": False})
     # Random initialisation depends on the strategy (variables are created
     # differently), so both runs start from the same saved weights.
@@ -217,9 +225,9 @@ def test_two_replicas_follow_the_one_replica_loss_curve(tmp_path, capsys):
             strategy=mirrored_strategy(replicas))
         printed = capsys.readouterr().out
         assert f"on {replicas} replica(s)" in printed
-        curves.append([float(x) for x in re.findall(r"/20 loss ([0-9.]+)", printed)])
-    assert len(curves[0]) == len(curves[1]) == 4
-    np.testing.assert_allclose(curves[1], curves[0], rtol=0.02)
+        curves.append([float(x) for x in re.findall(r"/6 loss ([0-9.]+)", printed)])
+    assert len(curves[0]) == len(curves[1]) == 3
+    np.testing.assert_allclose(curves[1], curves[0], rtol=5e-3)
 
 
 def _free_port():
