@@ -103,6 +103,11 @@ CONFIG_FLAGS: Dict[str, Tuple[str, str]] = {
                            "small labelled sets."),
     "train.bn_recompute_batches": ("bn_recompute_batches", "bn_recompute: at most "
                                    "this many full batches."),
+    "train.bn_recompute_images": ("bn_recompute_images", "bn_recompute over which "
+                                  "training images: labelled (those the run trained "
+                                  "on) or all (the whole training split, labels "
+                                  "unused; with a label fraction, the unlabeled rest "
+                                  "too)."),
     "train.precision": ("precision", "float32, mixed_bfloat16 (TPU) or mixed_float16 "
                         "(GPU, with loss scaling)."),
     "train.steps_per_loop": ("steps_per_loop", "Steps per host loop (progress line)."),

@@ -123,3 +123,30 @@ def test_run_recomputes_over_its_own_labelled_images_and_saves_them(tmp_path):
                            rtol=1e-3, atol=1e-3)
     again = run(config, RunConfig(mode="eval", model_dir=model_dir), verbose=False)
     assert again["result"]["top1"] == pytest.approx(outcome["result"]["top1"])
+
+
+def test_run_recomputes_over_the_whole_training_split_when_asked(tmp_path):
+    """bn_recompute_images=all: the statistics come from the first eval batch
+    of the whole training split (unlabeled images included), not from the
+    labelled subset the run trained on."""
+    config = get_preset("tiny").override(**{
+        "train.train_steps": 3, "train.steps_per_loop": 3, "train.summary_interval": 3,
+        "train.train_batch_size": 8, "train.bn_recompute": True,
+        "train.bn_recompute_batches": 1, "train.bn_recompute_images": "all",
+        "data.label_fraction": 0.05, "model.proj_head_mode": "none",
+        "export.export_at_end": False})
+    model_dir = str(tmp_path)
+    outcome = run(config, RunConfig(mode="finetune",
+                                    model_dir=model_dir, from_scratch=True), verbose=False)
+    model = outcome["learner"].model
+    ids = [int(i) for i in open(os.path.join(model_dir, "labelled_ids.txt")).read().split()]
+    source = make_source(config.data, "train", labelled=True)
+    batch = next(iter(build_from_config(config.data, source, "eval", 8)))
+    assert not set(batch["index"].numpy().tolist()) <= set(ids)
+    inference = model(batch["image"], training=False)["logits_sup"].numpy()
+    training = model(batch["image"], training=True)["logits_sup"].numpy()
+    np.testing.assert_allclose(inference, training, rtol=1e-3, atol=1e-3 * np.abs(training).max())
+    labelled = next(iter(build_from_config(config.data, source, "eval", 8, np.array(ids))))
+    assert not np.allclose(model(labelled["image"], training=False)["logits_sup"].numpy(),
+                           model(labelled["image"], training=True)["logits_sup"].numpy(),
+                           rtol=1e-3, atol=1e-3)

@@ -67,6 +67,7 @@ def test_unknown_preset_lists_the_choices():
     (TrainConfig, dict(temperature=0), "temperature=0"),
     (TrainConfig, dict(train_epochs=0, train_steps=0), "train_epochs or train_steps"),
     (TrainConfig, dict(precision="fp8"), "precision='fp8'"),
+    (TrainConfig, dict(bn_recompute_images="test"), "bn_recompute_images='test'"),
     (MemoryConfig, dict(queue_size=-1), "queue_size=-1"),
     (MemoryConfig, dict(momentum=1.5), "momentum=1.5"),
     (ExportConfig, dict(keep_hub_module_max=-1), "keep_hub_module_max=-1"),

@@ -15,6 +15,7 @@ MODES = ("pretrain", "finetune", "linear_eval", "eval", "train_then_eval",
 OPTIMIZERS = ("lars", "momentum", "adam")
 LR_SCALINGS = ("linear", "sqrt")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+BN_RECOMPUTE_IMAGES = ("labelled", "all")
 
 
 def check(condition: bool, message: str) -> None:
@@ -163,6 +164,10 @@ class TrainConfig:
     # bn_recompute_batches full batches). For small labelled sets.
     bn_recompute: bool = False
     bn_recompute_batches: int = 100
+    # Which training images: "labelled" (the images the run trained on) or
+    # "all" (the whole training split, labels unused: with a label fraction,
+    # the unlabeled rest too). Never evaluation images.
+    bn_recompute_images: str = "labelled"
     precision: str = "float32"
     steps_per_loop: int = 100
     summary_interval: int = 100
@@ -191,6 +196,7 @@ class TrainConfig:
                      low_inclusive=False)
         _check_range("distill_alpha", self.distill_alpha, 0)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("bn_recompute_images", self.bn_recompute_images, BN_RECOMPUTE_IMAGES)
         for name in ("steps_per_loop", "summary_interval", "checkpoint_interval",
                      "keep_checkpoint_max", "bn_recompute_batches"):
             _check_range(name, getattr(self, name), 1)

@@ -455,7 +455,9 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
     if start < steps.total_steps:
         controller.train(steps=steps.total_steps)
     if config.train.bn_recompute and mode != "pretrain":
-        recompute_bn(config, strategy, learner, source, indices, verbose)
+        bn_indices = (np.arange(len(source)) if config.train.bn_recompute_images == "all"
+                      else indices)
+        recompute_bn(config, strategy, learner, source, bn_indices, verbose)
         # Overwrite the final checkpoint in place (manager.save skips a step
         # it has already saved).
         latest = manager.latest_checkpoint or manager.save(check_interval=False)
