@@ -2,6 +2,7 @@
 
     python bench/semisupervised.py [--workdir runs/bench_semisup] [--seeds 0 1 2]
     python bench/semisupervised.py --part ablations [--seeds 0 1]
+    python bench/semisupervised.py --part variants [--pretrain_dir DIR]
 
 Label fractions 1% (40 images), 10% (400) and 100% (4000), drawn by the
 library's stratified subset code with data seed = seed; test on all 1000.
@@ -22,6 +23,9 @@ images for the distilled student; never test images).
 `--part ablations` pretrains shorter variants (head depth, memory, selective
 kernels, width; ABLATION_EPOCHS) and compares each with its control by
 fine-tuning on 1% of the labels with the same seeds (paired).
+`--part variants` fine-tunes one pretraining on 1% of the labels with each
+recipe in FINETUNE_VARIANTS (head layer 0 or 1; batch-norm statistics over
+the labelled images or over all training images), paired by seed.
 Writes <workdir>/report_<part>.json (and prints it), <workdir>/*.png plots;
 finished stages are reused, so an interrupted run resumes. `--quick` runs a
 few steps per stage: it checks the script, not the numbers.
@@ -175,6 +179,43 @@ def ablation_part(workdir, seeds, quick, fraction=0.01):
     return {"pretrain_epochs": ABLATION_EPOCHS, "fraction": fraction, "rows": rows}
 
 
+# Fine-tuning recipe variants on one pretraining (paired by seed with the
+# first, the main table's recipe): (name, fine-tuning flags).
+FINETUNE_VARIANTS = [
+    ("head layer 1, BN statistics over the labelled images (main table)", []),
+    ("head layer 1, BN statistics over all 4000 training images",
+     ["--bn_recompute_images=all"]),
+    ("head layer 0, BN statistics over the labelled images", ["--ft_proj_selector=0"]),
+    ("head layer 0, BN statistics over all 4000 training images",
+     ["--ft_proj_selector=0", "--bn_recompute_images=all"]),
+]
+
+
+def variants_part(workdir, seeds, quick, pretrain_dir, fraction=0.01):
+    """Each fine-tuning variant on `fraction` per seed, from one pretraining
+    (`pretrain_dir`, or a new mnist5k_pretrain.cfg run in workdir)."""
+    if pretrain_dir:
+        pretrain = {"reused": pretrain_dir}
+    else:
+        pretrain_dir = os.path.join(workdir, "pretrain")
+        pretrain = stage("mnist5k_pretrain.cfg", pretrain_dir, ["--export_at_end=false"],
+                         quick)
+    rows = []
+    for index, (name, flags) in enumerate(FINETUNE_VARIANTS):
+        records = [stage(f"mnist5k_finetune_{_pct(fraction)}.cfg",
+                         os.path.join(workdir, f"variant{index}", f"seed{seed}"),
+                         [*supervised_args(fraction, seed), *flags,
+                          f"--checkpoint={pretrain_dir}", "--noexport_at_end"],
+                         quick, verbose=False) for seed in seeds]
+        values = [r["top1"] * 100 for r in records]
+        row = {"variant": name, "finetune_flags": flags, "top1": values,
+               "mean": float(np.mean(values)), "std": float(np.std(values))}
+        diffs = [v - c for v, c in zip(values, rows[0]["top1"] if rows else values)]
+        row["minus_first"] = {"mean": float(np.mean(diffs)), "values": diffs}
+        rows.append(row)
+    return {"pretrain": pretrain, "fraction": fraction, "rows": rows}
+
+
 def summarise(results):
     table = {}
     for method, by_fraction in results.items():
@@ -225,10 +266,11 @@ def plot(table, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "bench_semisup"))
-    parser.add_argument("--part", choices=["main", "ablations"], default="main")
+    parser.add_argument("--part", choices=["main", "ablations", "variants"], default="main")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pretrain_dir", default=None,
-                        help="main part: an existing mnist5k_pretrain.cfg run to reuse")
+                        help="main and variants parts: an existing "
+                        "mnist5k_pretrain.cfg run to reuse")
     parser.add_argument("--distill_fractions", type=float, nargs="*", default=[0.01, 0.1])
     parser.add_argument("--quick", action="store_true",
                         help="a few steps per stage: checks the script, not the numbers")
@@ -246,8 +288,10 @@ def main(argv=None):
         report["summary"] = summarise(report["results"])
         report["targets"] = targets(report["summary"], report["pretrain"])
         plot(report["summary"], os.path.join(args.workdir, "semisupervised_mnist5k.png"))
-    else:
+    elif args.part == "ablations":
         report.update(ablation_part(args.workdir, args.seeds, args.quick))
+    else:
+        report.update(variants_part(args.workdir, args.seeds, args.quick, args.pretrain_dir))
     report["total_seconds"] = time.time() - start
     print(json.dumps(report, indent=2))
     with open(os.path.join(args.workdir, f"report_{args.part}.json"), "w") as f:

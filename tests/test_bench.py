@@ -95,3 +95,24 @@ def test_semisupervised_ablations_quick_run_pairs_each_variant_with_its_control(
     assert sorted(p for p in pretrains if not p.endswith("_finetune")) == sorted(
         ["base", "num_proj_layers_2", "queue_size_1024+memory_momentum_0.99",
          "width_multiplier_0.5", "depth_50", "depth_50+sk_ratio_0.0625"])
+
+
+@pytest.mark.slow
+def test_semisupervised_variants_quick_run_pairs_each_recipe_with_the_main_one(tmp_path):
+    workdir = str(tmp_path / "variants")
+    report = _bench("semisupervised.py", ["--quick", "--part", "variants", "--seeds", "0",
+                                          "1", "--workdir", workdir], timeout=1800)
+    rows = report["rows"]
+    assert len(rows) == 4 and rows[0]["minus_first"]["values"] == [0.0, 0.0]
+    for row in rows:
+        assert len(row["top1"]) == 2
+        assert row["minus_first"]["values"] == pytest.approx(
+            [v - c for v, c in zip(row["top1"], rows[0]["top1"])])
+    # Each variant's flags reached its runs' configs.
+    for index, row in enumerate(rows):
+        with open(os.path.join(workdir, f"variant{index}", "seed1", "config.json")) as f:
+            config = json.load(f)
+        expected = "all" if "--bn_recompute_images=all" in row["finetune_flags"] else "labelled"
+        assert config["experiment"]["train"]["bn_recompute_images"] == expected
+        assert config["experiment"]["model"]["ft_proj_selector"] == (
+            0 if "--ft_proj_selector=0" in row["finetune_flags"] else 1)
