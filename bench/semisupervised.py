@@ -83,13 +83,18 @@ def logistic_regression_pixels(fraction, seed):
     return {"top1": float(top1), "seconds": time.time() - start, "examples": len(keep)}
 
 
-def main_part(workdir, seeds, quick, pretrain_dir=None, distill_fractions=(0.01, 0.1)):
+def _pretraining(workdir, pretrain_dir, quick):
+    """(directory, record) of the shared pretraining: `pretrain_dir` reused
+    when given, else a mnist5k_pretrain.cfg run in workdir/pretrain."""
     if pretrain_dir:
-        pretrain = {"reused": pretrain_dir}
-    else:
-        pretrain_dir = os.path.join(workdir, "pretrain")
-        pretrain = stage("mnist5k_pretrain.cfg", pretrain_dir, ["--export_at_end=false"],
-                         quick)
+        return pretrain_dir, {"reused": pretrain_dir}
+    pretrain_dir = os.path.join(workdir, "pretrain")
+    return pretrain_dir, stage("mnist5k_pretrain.cfg", pretrain_dir,
+                               ["--export_at_end=false"], quick)
+
+
+def main_part(workdir, seeds, quick, pretrain_dir=None, distill_fractions=(0.01, 0.1)):
+    pretrain_dir, pretrain = _pretraining(workdir, pretrain_dir, quick)
     results = {}  # method -> fraction -> [record per seed]
 
     def add(method, fraction, record):
@@ -194,12 +199,7 @@ FINETUNE_VARIANTS = [
 def variants_part(workdir, seeds, quick, pretrain_dir, fraction=0.01):
     """Each fine-tuning variant on `fraction` per seed, from one pretraining
     (`pretrain_dir`, or a new mnist5k_pretrain.cfg run in workdir)."""
-    if pretrain_dir:
-        pretrain = {"reused": pretrain_dir}
-    else:
-        pretrain_dir = os.path.join(workdir, "pretrain")
-        pretrain = stage("mnist5k_pretrain.cfg", pretrain_dir, ["--export_at_end=false"],
-                         quick)
+    pretrain_dir, pretrain = _pretraining(workdir, pretrain_dir, quick)
     rows = []
     for index, (name, flags) in enumerate(FINETUNE_VARIANTS):
         records = [stage(f"mnist5k_finetune_{_pct(fraction)}.cfg",
