@@ -455,9 +455,7 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
     if start < steps.total_steps:
         controller.train(steps=steps.total_steps)
     if config.train.bn_recompute and mode != "pretrain":
-        bn_indices = (np.arange(len(source)) if config.train.bn_recompute_images == "all"
-                      else indices)
-        recompute_bn(config, strategy, learner, source, bn_indices, verbose)
+        recompute_bn(config, strategy, learner, source, indices, verbose)
         # Overwrite the final checkpoint in place (manager.save skips a step
         # it has already saved).
         latest = manager.latest_checkpoint or manager.save(check_interval=False)
@@ -470,7 +468,10 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
 def recompute_bn(config: ExperimentConfig, strategy, learner: Learner, source, indices,
                  verbose: bool = True) -> Dict[str, int]:
     """`recompute_bn_statistics` over the eval view (no augmentation) of the
-    training examples `indices`, in full batches of up to train_batch_size."""
+    run's training examples `indices` (every example of `source` when
+    bn_recompute_images is "all"), in full batches of up to train_batch_size."""
+    if config.train.bn_recompute_images == "all":
+        indices = np.arange(len(source))
     replicas = strategy.num_replicas_in_sync
     batch = min(config.train.train_batch_size, len(indices)) // replicas * replicas
     steps = min(config.train.bn_recompute_batches, len(indices) // max(batch, 1))
