@@ -10,7 +10,7 @@ from conftest import mirrored_strategy
 from simclr_tf2 import get_preset
 from simclr_tf2.data import build_from_config, make_source
 from simclr_tf2.training.bn_stats import batch_norm_layers, recompute_bn_statistics
-from simclr_tf2.training.runner import RunConfig, run
+from simclr_tf2.training.runner import RunConfig, bn_recompute_order, run
 
 EPS = 1e-3
 
@@ -36,7 +36,8 @@ def _mlp(synchronized=False, frozen_first=False):
 
 
 def _numpy_statistics(model, batches, frozen_first=False):
-    """Per-batch training-mode statistics of both BN layers, averaged."""
+    """Per-batch training-mode statistics of both BN layers, pooled: mean of
+    the batch means; mean of the batch variances + variance of the batch means."""
     get = {l.name: [w.numpy().astype(np.float64) for w in l.weights] for l in model.layers}
     w1, b1 = get["d1"]
     g1, be1, mm1, mv1 = get["bn1"]
@@ -53,11 +54,11 @@ def _numpy_statistics(model, batches, frozen_first=False):
         h = np.maximum(g1 * (h - mean) / np.sqrt(var + EPS) + be1, 0) @ w2 + b2
         stats["bn2"][0].append(h.mean(0))
         stats["bn2"][1].append(h.var(0))
-    return {k: (np.mean(m, 0), np.mean(v, 0)) for k, (m, v) in stats.items()}
+    return {k: (np.mean(m, 0), np.mean(v, 0) + np.var(m, 0)) for k, (m, v) in stats.items()}
 
 
 @pytest.mark.parametrize("frozen_first", [False, True])
-def test_statistics_are_the_mean_batch_statistics_numpy(frozen_first):
+def test_statistics_are_the_pooled_batch_statistics_numpy(frozen_first):
     model = _mlp(frozen_first=frozen_first)
     batches = [np.random.default_rng(k).normal(k, 1 + k, size=[16, 4]).astype(np.float32)
                for k in range(3)]
@@ -72,6 +73,37 @@ def test_statistics_are_the_mean_batch_statistics_numpy(frozen_first):
         assert layer.momentum == 0.99  # restored
     for before, after in zip(weights, model.trainable_weights):
         np.testing.assert_array_equal(before, after.numpy())
+
+
+def test_first_layer_gets_the_variance_of_all_images_from_one_class_batches():
+    """Batches that are not random samples (one 'class' each, different
+    means): the first BN layer's statistics are those of all images together,
+    not the mean within-batch variance (which misses the between-class part)."""
+    model = _mlp()
+    batches = [np.random.default_rng(k).normal(10 * k, 1, size=[16, 4]).astype(np.float32)
+               for k in range(4)]
+    recompute_bn_statistics(model, [{"image": tf.constant(b)} for b in batches])
+    w1, b1 = [w.numpy().astype(np.float64) for w in model.get_layer("d1").weights]
+    h = np.concatenate(batches).astype(np.float64) @ w1 + b1
+    bn1 = model.get_layer("bn1")
+    np.testing.assert_allclose(bn1.moving_mean.numpy(), h.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(bn1.moving_variance.numpy(), h.var(0), rtol=1e-5)
+    within = np.mean([(b.astype(np.float64) @ w1 + b1).var(0) for b in batches], 0)
+    assert np.all(h.var(0) > 2 * within)  # the two answers are far apart here
+
+
+def test_recompute_order_is_a_seeded_shuffle_of_the_run_images():
+    config = get_preset("tiny").override(**{"data.seed": 3})
+    source = make_source(config.data, "train", labelled=True)
+    ids = np.arange(10, 50)
+    order = bn_recompute_order(config, source, ids)
+    assert sorted(order.tolist()) == ids.tolist() and not np.array_equal(order, ids)
+    np.testing.assert_array_equal(order, bn_recompute_order(config, source, ids))
+    other = bn_recompute_order(config.override(**{"data.seed": 4}), source, ids)
+    assert not np.array_equal(order, other)
+    every = bn_recompute_order(config.override(**{"train.bn_recompute_images": "all"}),
+                               source, ids)
+    assert sorted(every.tolist()) == list(range(len(source)))
 
 
 def test_two_replicas_with_synchronized_bn_match_one_replica():
@@ -99,7 +131,8 @@ def test_no_batches_is_a_clear_error():
 def test_run_recomputes_over_its_own_labelled_images_and_saves_them(tmp_path):
     """After a from-scratch fine-tune with bn_recompute over one batch, the
     model in inference mode equals training mode on exactly that batch (the
-    first labelled images in eval view), and the saved checkpoint has it."""
+    first 8 labelled images in the recompute order, eval view), and the saved
+    checkpoint has it."""
     config = get_preset("tiny").override(**{
         "train.train_steps": 6, "train.steps_per_loop": 3, "train.summary_interval": 3,
         "train.train_batch_size": 8, "train.bn_recompute": True,
@@ -111,8 +144,10 @@ def test_run_recomputes_over_its_own_labelled_images_and_saves_them(tmp_path):
     model = outcome["learner"].model
     ids = [int(i) for i in open(os.path.join(model_dir, "labelled_ids.txt")).read().split()]
     source = make_source(config.data, "train", labelled=True)
-    batch = next(iter(build_from_config(config.data, source, "eval", 8, np.array(ids))))
-    assert sorted(batch["index"].numpy().tolist()) == sorted(ids[:8])
+    order = bn_recompute_order(config, source, np.array(ids))
+    batch = next(iter(build_from_config(config.data, source, "eval", 8, order)))
+    assert sorted(batch["index"].numpy().tolist()) == sorted(order[:8].tolist())
+    assert set(batch["index"].numpy().tolist()) <= set(ids)
     inference = model(batch["image"], training=False)["logits_sup"].numpy()
     training = model(batch["image"], training=True)["logits_sup"].numpy()
     np.testing.assert_allclose(inference, training, rtol=1e-3, atol=1e-3 * np.abs(training).max())
@@ -126,9 +161,9 @@ def test_run_recomputes_over_its_own_labelled_images_and_saves_them(tmp_path):
 
 
 def test_run_recomputes_over_the_whole_training_split_when_asked(tmp_path):
-    """bn_recompute_images=all: the statistics come from the first eval batch
-    of the whole training split (unlabeled images included), not from the
-    labelled subset the run trained on."""
+    """bn_recompute_images=all: the statistics come from the first batch of
+    the whole training split in the recompute order (unlabeled images
+    included), not from the labelled subset the run trained on."""
     config = get_preset("tiny").override(**{
         "train.train_steps": 3, "train.steps_per_loop": 3, "train.summary_interval": 3,
         "train.train_batch_size": 8, "train.bn_recompute": True,
@@ -141,7 +176,8 @@ def test_run_recomputes_over_the_whole_training_split_when_asked(tmp_path):
     model = outcome["learner"].model
     ids = [int(i) for i in open(os.path.join(model_dir, "labelled_ids.txt")).read().split()]
     source = make_source(config.data, "train", labelled=True)
-    batch = next(iter(build_from_config(config.data, source, "eval", 8)))
+    order = bn_recompute_order(config, source, np.array(ids))
+    batch = next(iter(build_from_config(config.data, source, "eval", 8, order)))
     assert not set(batch["index"].numpy().tolist()) <= set(ids)
     inference = model(batch["image"], training=False)["logits_sup"].numpy()
     training = model(batch["image"], training=True)["logits_sup"].numpy()

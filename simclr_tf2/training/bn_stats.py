@@ -4,10 +4,13 @@ A network trained on a few dozen images keeps moving averages that follow the
 last steps' augmented batches while the weights were still changing; in
 inference mode it can then score far below its training-mode accuracy (near
 chance for a from-scratch network on 40 images). `recompute_bn_statistics`
-replaces every moving mean and variance by the average of the batch
-statistics over the given images, computed with the final weights ("precise
-BN"). The runner feeds it the eval view of the run's own labelled training
-images, never evaluation data.
+replaces every moving mean and variance by the statistics of all the given
+images, computed with the final weights from training-mode batch statistics
+("precise BN"): the mean of the batch means, and the pooled variance (mean of
+the batch variances plus the variance of the batch means, so batches that are
+not random samples, e.g. one class each, still give the variance of the whole
+set). The runner feeds it the eval view of the run's training images in a
+seeded random order, never evaluation data.
 
 Hand-written because neither tf_keras nor tf-models-official has it.
 """
@@ -31,8 +34,10 @@ def batch_norm_layers(model: tf.Module) -> List[tf_keras.layers.BatchNormalizati
 def recompute_bn_statistics(model: tf_keras.Model, batches: Iterable,
                             strategy: tf.distribute.Strategy = None,
                             image_key: str = "image") -> Dict[str, int]:
-    """Sets every BN layer's moving mean/variance to the mean over `batches`
-    of its batch statistics (training-mode forward passes, weights unchanged).
+    """Sets every BN layer's moving mean to the mean of its batch means over
+    `batches` and its moving variance to the pooled variance (mean batch
+    variance + variance of the batch means: the variance of the union of
+    equal-sized batches), from training-mode forward passes; weights unchanged.
 
     `batches` yields dicts with `image_key` (distributed batches when
     `strategy` is given; every batch should be full, padding would count as
@@ -43,8 +48,9 @@ def recompute_bn_statistics(model: tf_keras.Model, batches: Iterable,
     strategy = strategy or tf.distribute.get_strategy()
     layers = batch_norm_layers(model)
     momenta = [layer.momentum for layer in layers]
-    sums = [[np.zeros(layer.moving_mean.shape, np.float64),
-             np.zeros(layer.moving_variance.shape, np.float64)] for layer in layers]
+    # Per layer: running sums of batch mean, batch mean squared, batch variance.
+    sums = [[np.zeros(layer.moving_mean.shape, np.float64) for _ in range(3)]
+            for layer in layers]
     count = 0
     try:
         for layer in layers:
@@ -57,8 +63,10 @@ def recompute_bn_statistics(model: tf_keras.Model, batches: Iterable,
         for batch in batches:
             forward(batch)
             count += 1
-            for layer, (mean, var) in zip(layers, sums):
-                mean += layer.moving_mean.numpy()  # cross-replica read: replica mean
+            for layer, (mean, square, var) in zip(layers, sums):
+                batch_mean = layer.moving_mean.numpy().astype(np.float64)  # replica mean
+                mean += batch_mean
+                square += batch_mean ** 2
                 var += layer.moving_variance.numpy()
     finally:
         for layer, momentum in zip(layers, momenta):
@@ -66,7 +74,8 @@ def recompute_bn_statistics(model: tf_keras.Model, batches: Iterable,
     if count == 0:
         raise ValueError("recompute_bn_statistics got no batches: it needs at least "
                          "one full batch of training images")
-    for layer, (mean, var) in zip(layers, sums):
-        layer.moving_mean.assign((mean / count).astype(np.float32))
-        layer.moving_variance.assign((var / count).astype(np.float32))
+    for layer, (mean, square, var) in zip(layers, sums):
+        mean, between = mean / count, np.maximum(square / count - (mean / count) ** 2, 0)
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign((var / count + between).astype(np.float32))
     return {"batches": count, "layers": len(layers)}

@@ -465,13 +465,22 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
     return learner
 
 
+def bn_recompute_order(config: ExperimentConfig, source, indices) -> np.ndarray:
+    """The images `recompute_bn` reads, in its order: the run's training
+    examples `indices` (every example of `source` when bn_recompute_images is
+    "all") in a random order seeded by data.seed. Sources are often sorted by
+    class; in index order each batch would hold one or two classes."""
+    if config.train.bn_recompute_images == "all":
+        indices = np.arange(len(source))
+    return np.random.default_rng(config.data.seed).permutation(np.asarray(indices))
+
+
 def recompute_bn(config: ExperimentConfig, strategy, learner: Learner, source, indices,
                  verbose: bool = True) -> Dict[str, int]:
     """`recompute_bn_statistics` over the eval view (no augmentation) of the
-    run's training examples `indices` (every example of `source` when
-    bn_recompute_images is "all"), in full batches of up to train_batch_size."""
-    if config.train.bn_recompute_images == "all":
-        indices = np.arange(len(source))
+    images `bn_recompute_order` picks, in full batches of up to
+    train_batch_size."""
+    indices = bn_recompute_order(config, source, indices)
     replicas = strategy.num_replicas_in_sync
     batch = min(config.train.train_batch_size, len(indices)) // replicas * replicas
     steps = min(config.train.bn_recompute_batches, len(indices) // max(batch, 1))
