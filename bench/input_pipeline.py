@@ -5,10 +5,15 @@
 Prints JSON. Cases: 224 px views from 256x256 JPEG files in an image folder
 (decode included, as when training from a folder of ImageNet-like files), and
 32 px views from the built-in digits arrays. Each case runs the library's
-pipeline (`build_dataset`, parallel deterministic map + prefetch) and, in the
-same run, a naive pipeline: the same per-image augmentation functions in a
+pipeline (`build_dataset`: parallel deterministic map + prefetch; colour and
+blur per batch for views up to BATCHED_COLOR_MAX_SIZE px, else per image; the
+other choice is measured too) and, in the same run, a naive pipeline: the same per-image augmentation functions in a
 plain one-image-at-a-time `map` with no parallelism or prefetch. Reported:
-images/s (one image = both views), and the ratio library / naive.
+images/s (one image = both views), the ratio library / naive, and for each
+pipeline the CPU time per image and the cores it kept busy (process CPU time
+over wall time): speedup = (naive CPU per image / library CPU per image) x
+(library cores busy / naive cores busy), so the JSON shows which of the two
+a change moved.
 """
 import argparse
 import json
@@ -24,6 +29,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from simclr_tf2.data import augment, build_dataset, builtin_source, folder_source  # noqa: E402
+from simclr_tf2.data.pipeline import BATCHED_COLOR_MAX_SIZE  # noqa: E402
 
 
 def _write_jpegs(folder, count, size=256):
@@ -58,13 +64,16 @@ def _naive(source, size, strength, blur, batch):
 
 
 def _rate(dataset, batch, seconds):
+    """(images/s, CPU ms per image, cores busy): process CPU time (every
+    thread) over wall time while reading batches for `seconds`."""
     iterator = iter(dataset)
     next(iterator)  # warm-up: tracing, first files
-    count, start = 0, time.perf_counter()
+    count, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         next(iterator)
         count += batch
-    return count / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return count / wall, 1000 * cpu / count, cpu / wall
 
 
 def main():
@@ -81,16 +90,26 @@ def main():
         cases = [("224px_from_256px_jpeg", folder, 224, 1.0, True, 32),
                  ("32px_digits", builtin_source("digits", "train", 32), 32, 0.5, False, 128)]
         for name, source, size, strength, blur, batch in cases:
+            default = size <= BATCHED_COLOR_MAX_SIZE
+            other = build_dataset(source, "pretrain", batch, size, color_strength=strength,
+                                  blur=blur, shuffle_buffer=1000, batched_color=not default)
             library = build_dataset(source, "pretrain", batch, size, color_strength=strength,
                                     blur=blur, shuffle_buffer=1000)
             naive = _naive(source, size, strength, blur, batch)
-            fast = _rate(library, batch, args.seconds)
-            slow = _rate(naive, batch, args.seconds)
+            alternative, _, _ = _rate(other, batch, args.seconds)
+            fast, fast_cpu, fast_cores = _rate(library, batch, args.seconds)
+            slow, slow_cpu, slow_cores = _rate(naive, batch, args.seconds)
             results["cases"].append({
                 "case": name, "batch": batch, "blur": blur,
+                "library_colour_stage": "per batch" if default else "per image",
                 "library_images_per_s": round(fast, 1),
+                "library_other_colour_stage_images_per_s": round(alternative, 1),
                 "naive_images_per_s": round(slow, 1),
-                "speedup_vs_naive": round(fast / slow, 2)})
+                "speedup_vs_naive": round(fast / slow, 2),
+                "library_cpu_ms_per_image": round(fast_cpu, 3),
+                "naive_cpu_ms_per_image": round(slow_cpu, 3),
+                "library_cores_busy": round(fast_cores, 2),
+                "naive_cores_busy": round(slow_cores, 2)})
             print(json.dumps(results["cases"][-1]), flush=True)
     print(json.dumps(results, indent=2))
 

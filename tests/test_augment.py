@@ -205,3 +205,53 @@ def test_views_shapes_ranges_and_determinism():
     # Fine-tuning views keep colours: a crop+flip of a grey image stays grey.
     grey = augment.finetune_view(tf.fill([40, 30, 3], 0.25), _seed(5), 24)
     np.testing.assert_allclose(grey, 0.25, atol=1e-5)
+
+
+# ------------------------------------------------- batched colour and blur
+def _batch(count=24, size=20, seed=1):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0.0, 1.0, (count, size, size, 3)).astype(np.float32)
+    images[0] = 0.4  # a grey image: no hue, no saturation
+    images[1, ..., 0] = images[1, ..., 1]  # ties between channels
+    return tf.constant(images)
+
+
+@pytest.mark.parametrize("op, batch_op, low, high", [
+    (tf.image.adjust_contrast, augment.batch_adjust_contrast, 0.2, 1.8),
+    (tf.image.adjust_saturation, augment.batch_adjust_saturation, 0.0, 1.8),
+    (tf.image.adjust_hue, augment.batch_adjust_hue, -0.2, 0.2)])
+def test_batched_colour_ops_match_tf_image_per_image(op, batch_op, low, high):
+    images = _batch()
+    factors = np.random.default_rng(2).uniform(low, high, len(images)).astype(np.float32)
+    expected = np.stack([op(image, factor) for image, factor in zip(images, factors)])
+    got = batch_op(images, tf.constant(factors)).numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+
+
+def test_batched_gaussian_blur_matches_per_image_blur():
+    images = _batch(6, 17)
+    sigmas = [0.1, 0.5, 1.0, 1.5, 2.0, 0.7]
+    expected = np.stack([augment.gaussian_blur(x, s, 5) for x, s in zip(images, sigmas)])
+    got = augment.batch_gaussian_blur(images, tf.constant(sigmas), 5).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("strength, blur", [(1.0, True), (0.5, False)])
+def test_batched_finish_gives_the_per_image_pretrain_views(strength, blur):
+    """Geometry per image, then colour and blur per batch with the stacked
+    draws: the same views as pretrain_view, every branch exercised."""
+    images = [_colourful(30, 26, seed=i) for i in range(48)]
+    seeds = [_seed(i) for i in range(48)]
+    expected = np.stack([augment.pretrain_view(x, s, 24, strength, blur)
+                         for x, s in zip(images, seeds)])
+    geometry = tf.stack([augment.pretrain_geometry(x, s, 24) for x, s in zip(images, seeds)])
+    params = [augment.pretrain_view_params(s, strength, blur) for s in seeds]
+    stacked = tf.nest.map_structure(lambda *values: tf.stack(values), *params)
+    colour = stacked["color"]
+    # The draws cover every branch: jitter on/off, drop, every op first.
+    assert 0 < colour["jitter"].numpy().mean() < 1 and colour["drop"].numpy().any()
+    assert set(colour["order"][:, 0].numpy().tolist()) == {0, 1, 2, 3}
+    if blur:
+        assert 0 < stacked["blur"]["blur"].numpy().mean() < 1
+    got = augment.batch_pretrain_finish(geometry, stacked, 24).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)

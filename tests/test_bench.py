@@ -116,3 +116,19 @@ def test_semisupervised_variants_quick_run_pairs_each_recipe_with_the_main_one(t
         assert config["experiment"]["train"]["bn_recompute_images"] == expected
         assert config["experiment"]["model"]["ft_proj_selector"] == (
             0 if "--ft_proj_selector=0" in row["finetune_flags"] else 1)
+
+
+@pytest.mark.slow
+def test_input_pipeline_benchmark_reports_both_pipelines_and_their_cpu_use():
+    report = _bench("input_pipeline.py", ["--images", "32", "--seconds", "0.5"])
+    assert [case["case"] for case in report["cases"]] == ["224px_from_256px_jpeg",
+                                                          "32px_digits"]
+    for case in report["cases"]:
+        assert case["library_colour_stage"] == (
+            "per batch" if case["case"] == "32px_digits" else "per image")
+        for key in ("library_images_per_s", "naive_images_per_s",
+                    "library_other_colour_stage_images_per_s",
+                    "library_cpu_ms_per_image", "naive_cpu_ms_per_image"):
+            assert case[key] > 0, key
+        assert case["speedup_vs_naive"] == pytest.approx(
+            case["library_images_per_s"] / case["naive_images_per_s"], rel=0.02)
