@@ -17,9 +17,9 @@ modes through the flagfiles in flags/:
   (flags/mnist5k_finetune_{1,10}pct.cfg), and distillation of each fine-tuned
   network into a half-width student on all 4000 images without labels.
 Every trained network (scratch, linear eval, fine-tuning, distillation)
-recomputes its batch-norm statistics after training over the eval view of its
-own training images (--bn_recompute: the labelled subset, or all 4000 unlabeled
-images for the distilled student; never test images).
+recomputes its batch-norm statistics after training over the eval view of all
+4000 training images, labels unused (--bn_recompute; never test images);
+every supervised stage crops at least half the image (SUPERVISED_RECIPE).
 `--part ablations` pretrains shorter variants (head depth, memory, selective
 kernels, width; ABLATION_EPOCHS) and compares each with its control by
 fine-tuning on 1% of the labels with the same seeds (paired).
@@ -58,10 +58,18 @@ def _pct(fraction):
     return f"{round(fraction * 100)}pct"
 
 
+# Every supervised stage (scratch, linear eval, fine-tuning) alike: random
+# crops of at least half the image (pretraining uses 0.25; on 10% of the
+# labels, seed 0: fine-tuning 97.0 -> 98.7, scratch 94.7 -> 95.8), and
+# batch-norm statistics recomputed after training over all 4000 training
+# images (labels unused; never test images).
+SUPERVISED_RECIPE = ["--crop_area_min=0.5", "--bn_recompute", "--bn_recompute_images=all"]
+
+
 def supervised_args(fraction, seed):
     batch, epochs = SCHEDULE[fraction]
     return [f"--label_fraction={fraction}", f"--train_batch_size={batch}",
-            f"--train_epochs={epochs}", "--bn_recompute", *SEEDS_ARGS(seed)]
+            f"--train_epochs={epochs}", *SUPERVISED_RECIPE, *SEEDS_ARGS(seed)]
 
 
 def logistic_regression_pixels(fraction, seed):
