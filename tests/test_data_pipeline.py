@@ -232,19 +232,3 @@ def test_start_step_resumes_the_exact_batch_stream(cache):
     for x, y in zip(fresh[27:], resumed):  # 27 batches = past the first epoch
         np.testing.assert_array_equal(x["index"], y["index"])
         np.testing.assert_array_equal(x["view2"], y["view2"])
-
-
-def test_batched_colour_pipeline_gives_the_per_image_views():
-    """The pretraining pipeline with colour and blur per batch yields the same
-    views (to float round-off) as the one-image-at-a-time recipe."""
-    source = builtin_source("digits", "train", 32)
-
-    def batches(batched):
-        ds = build_dataset(source, "pretrain", 32, 32, seed=3, batched_color=batched)
-        return [b for _, b in zip(range(2), ds)]
-    for per_batch, per_image in zip(batches(True), batches(False)):
-        assert set(per_batch) == set(per_image)
-        np.testing.assert_array_equal(per_batch["index"], per_image["index"])
-        for key in ("view1", "view2"):
-            assert per_batch[key].shape == (32, 32, 32, 3)
-            np.testing.assert_allclose(per_batch[key], per_image[key], atol=1e-5)

@@ -17,10 +17,6 @@ from simclr_tf2.data import augment
 from simclr_tf2.data.sources import DataError, Source
 
 PIPELINE_MODES = ("pretrain", "finetune", "eval")
-# Pretraining views up to this size get their colour distortion and blur per
-# batch (bench/input_pipeline.py: faster where per-op overhead dominates;
-# bigger images are cheaper with tf.image's fused per-image kernels).
-BATCHED_COLOR_MAX_SIZE = 64
 
 
 def shard_indices(indices: np.ndarray, context: Optional[tf.distribute.InputContext]
@@ -80,8 +76,7 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                   repeat: Optional[bool] = None,
                   input_context: Optional[tf.distribute.InputContext] = None,
                   start_step: int = 0,
-                  extras: Optional[Dict[str, np.ndarray]] = None,
-                  batched_color: Optional[bool] = None) -> tf.data.Dataset:
+                  extras: Optional[Dict[str, np.ndarray]] = None) -> tf.data.Dataset:
     """Batches of `batch_size` (per replica when `input_context` is given, in
     which case `batch_size` is the global batch) for `mode`.
 
@@ -93,9 +88,6 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     indices only; others read and drop the skipped examples).
     `extras` {name: array with one row per source example} adds that row to
     each element (e.g. precomputed teacher logits).
-    `batched_color` (pretrain): crop and flip each image, then colour and
-    blur whole batches with the same per-image draws (augment.batch_*; same
-    views to float round-off); default: for image_size <= BATCHED_COLOR_MAX_SIZE.
     """
     if mode not in PIPELINE_MODES:
         raise DataError(f"mode must be one of {list(PIPELINE_MODES)}. Received: {mode!r}")
@@ -111,11 +103,7 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                         f"{local_batch}: lower the batch size")
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     base = tf.constant(seed * 1_000_003 + pipeline_id, tf.int64)
-    if batched_color is None:
-        batched_color = image_size <= BATCHED_COLOR_MAX_SIZE
-    batched_color = batched_color and mode == "pretrain"
-    view = _view_fn(mode, image_size, color_strength, blur, crop_area_min, flip,
-                    batched_color)
+    view = _view_fn(mode, image_size, color_strength, blur, crop_area_min, flip)
     replicas_here = 1
     if input_context is not None:
         replicas_here = max(input_context.num_replicas_in_sync
@@ -161,14 +149,6 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
 
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=training)
-    if batched_color:
-        def finish(batch):
-            batch = dict(batch)
-            for key in ("view1", "view2"):
-                batch[key] = augment.batch_pretrain_finish(
-                    batch[key], batch.pop(f"{key}_params"), image_size)
-            return batch
-        ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if not training:
         ds = ds.map(functools.partial(_pad_batch, batch_size=local_batch))
         extra = _eval_filler_batches(total, len(indices), local_batch, input_context)
@@ -182,18 +162,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
 
 
 def _view_fn(mode: str, image_size: int, color_strength: float, blur: bool,
-             crop_area_min: float, flip: bool, batched_color: bool = False
+             crop_area_min: float, flip: bool
              ) -> Callable[[tf.Tensor, tf.Tensor], dict]:
-    if mode == "pretrain" and batched_color:
-        def geometry_and_draws(image, seed):
-            out = {}
-            for key, view_seed in zip(("view1", "view2"), augment.split_seed(seed, 2)):
-                out[key] = augment.pretrain_geometry(image, view_seed, image_size,
-                                                     crop_area_min, flip)
-                out[f"{key}_params"] = augment.pretrain_view_params(
-                    view_seed, color_strength, blur)
-            return out
-        return geometry_and_draws
     if mode == "pretrain":
         def views(image, seed):
             first, second = augment.split_seed(seed, 2)
