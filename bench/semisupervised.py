@@ -64,6 +64,11 @@ def _pct(fraction):
 # batch-norm statistics recomputed after training over all 4000 training
 # images (labels unused; never test images).
 SUPERVISED_RECIPE = ["--crop_area_min=0.5", "--bn_recompute", "--bn_recompute_images=all"]
+# Linear eval on top: no random crop, and 90 epochs with all labels
+# (seed 0, 100%: 97.0 -> 97.4 each alone, 97.8 together; weight decay 1e-4
+# and lr 1.0 changed nothing). flags/mnist5k_linear_eval.cfg has both.
+LINEAR_EVAL_RECIPE = ["--crop_area_min=1.0"]
+LINEAR_EVAL_EPOCHS_ALL_LABELS = 90
 
 
 def supervised_args(fraction, seed):
@@ -120,10 +125,12 @@ def main_part(workdir, seeds, quick, pretrain_dir=None, distill_fractions=(0.01,
                 [*common, "--train_mode=finetune", "--from_scratch",
                  "--proj_head_mode=none", "--ft_proj_selector=0", "--noexport_at_end"],
                 quick, verbose=False))
+            epochs = ([f"--train_epochs={LINEAR_EVAL_EPOCHS_ALL_LABELS}"]
+                      if fraction == 1.0 else [])
             add("simclrv2_linear_eval", fraction, stage(
                 "mnist5k_linear_eval.cfg", run_dir("linear_eval"),
-                [*common, f"--checkpoint={pretrain_dir}", "--noexport_at_end"],
-                quick, verbose=False))
+                [*common, *LINEAR_EVAL_RECIPE, *epochs, f"--checkpoint={pretrain_dir}",
+                 "--noexport_at_end"], quick, verbose=False))
             if fraction == 1.0:
                 continue
             teacher_dir = run_dir("finetune")
