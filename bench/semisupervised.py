@@ -100,7 +100,13 @@ def _pretraining(workdir, pretrain_dir, quick):
     """(directory, record) of the shared pretraining: `pretrain_dir` reused
     when given, else a mnist5k_pretrain.cfg run in workdir/pretrain."""
     if pretrain_dir:
-        return pretrain_dir, {"reused": pretrain_dir}
+        # The reused run's own record (time, images/s) when the benchmark made it.
+        done = os.path.join(pretrain_dir, "bench_done.json")
+        record = {}
+        if os.path.exists(done):
+            with open(done) as f:
+                record = json.load(f)
+        return pretrain_dir, {**record, "reused": pretrain_dir}
     pretrain_dir = os.path.join(workdir, "pretrain")
     return pretrain_dir, stage("mnist5k_pretrain.cfg", pretrain_dir,
                                ["--export_at_end=false"], quick)
