@@ -130,3 +130,22 @@ def test_input_pipeline_benchmark_reports_both_pipelines_and_their_cpu_use():
             assert case[key] > 0, key
         assert case["speedup_vs_naive"] == pytest.approx(
             case["library_images_per_s"] / case["naive_images_per_s"], rel=0.02)
+
+
+def test_reused_pretraining_reports_the_reused_runs_record(tmp_path):
+    """--pretrain_dir: the report carries the reused run's own time (the
+    30-minute target reads it), or only the path when no record exists."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import semisupervised
+    finally:
+        sys.path.remove(os.path.join(ROOT, "bench"))
+    run = tmp_path / "pretrain"
+    run.mkdir()
+    assert semisupervised._pretraining(str(tmp_path), str(run), quick=False) == (
+        str(run), {"reused": str(run)})
+    (run / "bench_done.json").write_text(json.dumps({"seconds": 1186.5, "steps": 2344}))
+    directory, record = semisupervised._pretraining(str(tmp_path), str(run), quick=False)
+    assert directory == str(run)
+    assert record == {"seconds": 1186.5, "steps": 2344, "reused": str(run)}
+    assert semisupervised.targets({}, record)["pretrain_le_30min"]
