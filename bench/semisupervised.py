@@ -204,13 +204,16 @@ def ablation_part(workdir, seeds, quick, fraction=0.01):
     return {"pretrain_epochs": ABLATION_EPOCHS, "fraction": fraction, "rows": rows}
 
 
-# Fine-tuning recipe variants on one pretraining (paired by seed with the
-# first, the main table's recipe): (name, fine-tuning flags).
+# Fine-tuning recipe variants on one pretraining, paired by seed with the
+# first: (name, fine-tuning flags). Each names its BN choice explicitly, since
+# supervised_args sets "all" (the main table's).
 FINETUNE_VARIANTS = [
-    ("head layer 1, BN statistics over the labelled images (main table)", []),
-    ("head layer 1, BN statistics over all 4000 training images",
+    ("head layer 1, BN statistics over the labelled images",
+     ["--bn_recompute_images=labelled"]),
+    ("head layer 1, BN statistics over all 4000 training images (main table)",
      ["--bn_recompute_images=all"]),
-    ("head layer 0, BN statistics over the labelled images", ["--ft_proj_selector=0"]),
+    ("head layer 0, BN statistics over the labelled images",
+     ["--ft_proj_selector=0", "--bn_recompute_images=labelled"]),
     ("head layer 0, BN statistics over all 4000 training images",
      ["--ft_proj_selector=0", "--bn_recompute_images=all"]),
 ]
