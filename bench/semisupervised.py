@@ -65,15 +65,16 @@ def _pct(fraction):
 # and scratch (mnist5k_finetune_*.cfg) at least half the image, linear eval
 # none (bench/RESULTS.md has the sweep behind both).
 SUPERVISED_RECIPE = ["--bn_recompute", "--bn_recompute_images=all"]
-# SCHEDULE's 30 epochs at 100% are for training a network; the linear
-# classifier needs the 90 of mnist5k_linear_eval.cfg (97.8 vs 97.4).
-LINEAR_EVAL_EPOCHS_ALL_LABELS = 90
 
 
-def supervised_args(fraction, seed):
-    batch, epochs = SCHEDULE[fraction]
+def supervised_args(fraction, seed, epochs=True):
+    """The flags every supervised stage of `fraction` and `seed` shares;
+    `epochs=False` keeps the flagfile's epochs (linear eval: its classifier
+    on cached features trains to convergence, 300 epochs, at every fraction)."""
+    batch, schedule_epochs = SCHEDULE[fraction]
     return [f"--label_fraction={fraction}", f"--train_batch_size={batch}",
-            f"--train_epochs={epochs}", *SUPERVISED_RECIPE, *SEEDS_ARGS(seed)]
+            *([f"--train_epochs={schedule_epochs}"] if epochs else []),
+            *SUPERVISED_RECIPE, *SEEDS_ARGS(seed)]
 
 
 def logistic_regression_pixels(fraction, seed):
@@ -130,11 +131,10 @@ def main_part(workdir, seeds, quick, pretrain_dir=None, distill_fractions=(0.01,
                 [*common, "--train_mode=finetune", "--from_scratch",
                  "--proj_head_mode=none", "--ft_proj_selector=0", "--noexport_at_end"],
                 quick, verbose=False))
-            epochs = ([f"--train_epochs={LINEAR_EVAL_EPOCHS_ALL_LABELS}"]
-                      if fraction == 1.0 else [])
             add("simclrv2_linear_eval", fraction, stage(
                 "mnist5k_linear_eval.cfg", run_dir("linear_eval"),
-                [*common, *epochs, f"--checkpoint={pretrain_dir}", "--noexport_at_end"],
+                [*supervised_args(fraction, seed, epochs=False),
+                 f"--checkpoint={pretrain_dir}", "--noexport_at_end"],
                 quick, verbose=False))
             if fraction == 1.0:
                 continue

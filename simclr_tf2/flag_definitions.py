@@ -108,6 +108,11 @@ CONFIG_FLAGS: Dict[str, Tuple[str, str]] = {
                                   "on) or all (the whole training split, labels "
                                   "unused; with a label fraction, the unlabeled rest "
                                   "too)."),
+    "train.linear_eval_cache_features": ("linear_eval_cache_features", "Linear eval: "
+                                         "compute the frozen features of each training "
+                                         "image once and train the linear head on them "
+                                         "(needs crop_area_min=1 and nouse_flip: a "
+                                         "deterministic training view)."),
     "train.precision": ("precision", "float32, mixed_bfloat16 (TPU) or mixed_float16 "
                         "(GPU, with loss scaling)."),
     "train.steps_per_loop": ("steps_per_loop", "Steps per host loop (progress line)."),

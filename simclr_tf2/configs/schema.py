@@ -168,6 +168,11 @@ class TrainConfig:
     # "all" (the whole training split, labels unused: with a label fraction,
     # the unlabeled rest too). Never evaluation images.
     bn_recompute_images: str = "labelled"
+    # linear_eval: compute the frozen network's features of every training
+    # image once, then train the linear head on them (same result, far less
+    # compute). Only when the training view is deterministic: crop_area_min=1
+    # (the whole image) and use_flip=False.
+    linear_eval_cache_features: bool = False
     precision: str = "float32"
     steps_per_loop: int = 100
     summary_interval: int = 100

@@ -76,7 +76,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                   repeat: Optional[bool] = None,
                   input_context: Optional[tf.distribute.InputContext] = None,
                   start_step: int = 0,
-                  extras: Optional[Dict[str, np.ndarray]] = None) -> tf.data.Dataset:
+                  extras: Optional[Dict[str, np.ndarray]] = None,
+                  drop_remainder: Optional[bool] = None) -> tf.data.Dataset:
     """Batches of `batch_size` (per replica when `input_context` is given, in
     which case `batch_size` is the global batch) for `mode`.
 
@@ -87,7 +88,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     exactly what an uninterrupted one would (sources with random access skip
     indices only; others read and drop the skipped examples).
     `extras` {name: array with one row per source example} adds that row to
-    each element (e.g. precomputed teacher logits).
+    each element (e.g. precomputed teacher logits). Training batches are full
+    (drop_remainder) unless drop_remainder=False.
     """
     if mode not in PIPELINE_MODES:
         raise DataError(f"mode must be one of {list(PIPELINE_MODES)}. Received: {mode!r}")
@@ -148,7 +150,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
             return out
 
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=training)
+    drop_remainder = training if drop_remainder is None else drop_remainder
+    ds = ds.batch(local_batch, drop_remainder=drop_remainder)
     if not training:
         ds = ds.map(functools.partial(_pad_batch, batch_size=local_batch))
         extra = _eval_filler_batches(total, len(indices), local_batch, input_context)
@@ -185,8 +188,8 @@ def build_from_config(config: DataConfig, source: Source, mode: str, batch_size:
                       indices: Optional[np.ndarray] = None,
                       input_context: Optional[tf.distribute.InputContext] = None,
                       repeat: Optional[bool] = None, start_step: int = 0,
-                      extras: Optional[Dict[str, np.ndarray]] = None
-                      ) -> tf.data.Dataset:
+                      extras: Optional[Dict[str, np.ndarray]] = None,
+                      drop_remainder: Optional[bool] = None) -> tf.data.Dataset:
     """`build_dataset` with the augmentation and input settings of `config`."""
     return build_dataset(source, mode, batch_size, config.image_size, indices,
                          color_strength=config.color_jitter_strength,
@@ -194,7 +197,40 @@ def build_from_config(config: DataConfig, source: Source, mode: str, batch_size:
                          crop_area_min=config.crop_area_min, flip=config.use_flip,
                          shuffle_buffer=config.shuffle_buffer, cache=config.cache,
                          repeat=repeat, input_context=input_context,
-                         start_step=start_step, extras=extras)
+                         start_step=start_step, extras=extras,
+                         drop_remainder=drop_remainder)
+
+
+def feature_dataset(features: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                    batch_size: int, seed: int = 0,
+                    input_context: Optional[tf.distribute.InputContext] = None,
+                    start_step: int = 0) -> tf.data.Dataset:
+    """Training batches {'features', 'label', 'index'} of precomputed
+    features (one row per source example) for the examples `indices`: the
+    sharding, seeded shuffle, repeat, resume skip and full batches of a
+    finetune `build_dataset` over a random-access source, so both read the
+    examples in the same order."""
+    local_batch = per_replica_batch_size(batch_size, input_context)
+    indices = shard_indices(np.asarray(indices, np.int64), input_context)
+    if len(indices) < local_batch:
+        raise DataError(f"{len(indices)} examples cannot fill one batch of "
+                        f"{local_batch}: lower the batch size")
+    replicas_here = 1
+    if input_context is not None:
+        replicas_here = max(input_context.num_replicas_in_sync
+                            // input_context.num_input_pipelines, 1)
+    table = tf.constant(np.asarray(features, np.float32))
+    labels = tf.constant(np.asarray(labels))
+    ds = tf.data.Dataset.from_tensor_slices(indices)
+    ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.skip(start_step * local_batch * replicas_here).map(
+        lambda index: {"features": tf.gather(table, index),
+                       "label": tf.gather(labels, index), "index": index},
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.batch(local_batch, drop_remainder=True).with_options(options).prefetch(
+        tf.data.AUTOTUNE)
 
 
 def distribute(strategy: tf.distribute.Strategy,

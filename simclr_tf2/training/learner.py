@@ -88,7 +88,9 @@ class Learner(tf.Module):
         ft_proj_selector; model.fine_tune_after_block freezes a prefix.
       linear_eval: like finetune, but only the supervised head trains.
     Batches are dicts: pretrain {'view1', 'view2', optional 'label'},
-    otherwise {'image', 'label'}; labels < 0 mean "unlabeled".
+    otherwise {'image', 'label'}, or for linear_eval {'features', 'label'}
+    with the frozen network's precomputed `finetune_input`; labels < 0 mean
+    "unlabeled".
     """
 
     def __init__(self, config: ExperimentConfig, mode: str, total_steps: int,
@@ -189,8 +191,13 @@ class Learner(tf.Module):
                 loss += train.distill_alpha * sup
                 metrics.update(sup_loss=sup, sup_acc=acc)
         else:
-            outputs = self.model(batch["image"], training=True)
-            sup, acc = supervised_loss(batch["label"], outputs["logits_sup"])
+            if "features" in batch:  # linear eval on cached frozen features
+                check(self.mode == "linear_eval", "precomputed 'features' batches "
+                      f"are for linear_eval only. Received: mode={self.mode!r}")
+                logits = self.model.supervised_head(batch["features"])
+            else:
+                logits = self.model(batch["image"], training=True)["logits_sup"]
+            sup, acc = supervised_loss(batch["label"], logits)
             loss = sup
             metrics.update(sup_loss=sup, sup_acc=acc)
         decay = weight_decay_loss(train.optimizer, self.model.trainable_variables,

@@ -19,7 +19,8 @@ import tensorflow as tf
 import tf_keras
 
 from simclr_tf2.configs.schema import ExperimentConfig, check
-from simclr_tf2.data import build_from_config, distribute, labelled_subset, make_source
+from simclr_tf2.data import (build_from_config, distribute, feature_dataset,
+                             labelled_subset, make_source)
 from simclr_tf2.data.sources import DataError
 from simclr_tf2.export.hub import export_hub_modules
 from simclr_tf2.export.official import (OfficialImportError, import_official_variables,
@@ -121,6 +122,15 @@ def validate(config: ExperimentConfig, run_config: RunConfig) -> None:
               or tf.io.gfile.exists(run_config.teacher + ".index")
               or tf.io.gfile.isdir(run_config.teacher),
               f"teacher {run_config.teacher!r} not found")
+    if config.train.linear_eval_cache_features:
+        check(training == "linear_eval", "linear_eval_cache_features applies to "
+              f"linear_eval only (the run trains {training!r}): drop "
+              "--linear_eval_cache_features")
+        check(config.data.crop_area_min == 1.0 and not config.data.use_flip,
+              "linear_eval_cache_features computes each image's features once, so "
+              "the training view must not be random: set --crop_area_min=1.0 and "
+              f"--nouse_flip (received crop_area_min={config.data.crop_area_min}, "
+              f"use_flip={config.data.use_flip}), or drop --linear_eval_cache_features")
     check(not (config.train.bn_recompute and training == "pretrain"),
           "bn_recompute applies after supervised training (finetune, linear_eval, "
           "distill); pretraining keeps its moving averages: drop --bn_recompute")
@@ -436,9 +446,16 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
                         "restoring the checkpoint")
     start = int(learner.step.numpy())
     pipeline_mode = "pretrain" if mode == "pretrain" else "finetune"
-    dataset = distribute(strategy, lambda ctx: build_from_config(
-        config.data, source, pipeline_mode, global_batch, indices,
-        input_context=ctx, start_step=start, extras=extras))
+    if (mode == "linear_eval" and config.train.linear_eval_cache_features
+            and start < steps.total_steps):
+        features = frozen_features(learner, config, source, indices, verbose)
+        dataset = distribute(strategy, lambda ctx: feature_dataset(
+            features, source.labels, indices, global_batch, seed=config.data.seed,
+            input_context=ctx, start_step=start))
+    else:
+        dataset = distribute(strategy, lambda ctx: build_from_config(
+            config.data, source, pipeline_mode, global_batch, indices,
+            input_context=ctx, start_step=start, extras=extras))
     trainer = SimCLRTrainer(learner, strategy, dataset, steps.total_steps,
                             global_batch, verbose=verbose)
     summary_dir = os.path.join(run_config.model_dir, "summaries", "train") if chief else None
@@ -524,6 +541,43 @@ def precompute_teacher_logits(teacher, config: ExperimentConfig, source, indices
     if verbose:
         print(f"teacher logits precomputed for {len(indices)} images in "
               f"{time.time() - start:.0f}s", flush=True)
+    return table
+
+
+# Features above this size would not fit in one graph constant (2 GB).
+MAX_CACHED_FEATURE_BYTES = 2 ** 31 - 2 ** 20
+
+
+def frozen_features(learner: Learner, config: ExperimentConfig, source, indices,
+                    verbose: bool = True) -> np.ndarray:
+    """The frozen network's `finetune_input` (what the linear head reads) for
+    the training view of every example in `indices`, computed once:
+    [len(source), dim] float32, rows outside `indices` zero. The training view
+    must be deterministic (crop_area_min=1, no flip; `validate` checks)."""
+    start = time.time()
+    model = learner.model
+    size = config.data.image_size
+    dim = int(model(tf.zeros([1, size, size, 3]), training=False)["finetune_input"].shape[-1])
+    table_bytes = len(source) * dim * 4
+    if table_bytes > MAX_CACHED_FEATURE_BYTES:
+        raise RunError(f"linear_eval_cache_features: {len(source)} examples x {dim} "
+                       f"features take {table_bytes / 2 ** 30:.1f} GB, more than one "
+                       "2 GB table: drop --linear_eval_cache_features")
+    table = np.zeros([len(source), dim], np.float32)
+
+    @tf.function
+    def forward(images):
+        # training=True as in the training step; every layer it reads is frozen.
+        return model(images, training=True)["finetune_input"]
+
+    for element in build_from_config(config.data, source, "finetune",
+                                      config.train.eval_batch_size, indices,
+                                      repeat=False, drop_remainder=False):
+        table[element["index"].numpy()] = tf.cast(forward(element["image"]),
+                                                  tf.float32).numpy()
+    if verbose:
+        print(f"linear eval: frozen features ({dim}) of {len(indices)} images "
+              f"computed in {time.time() - start:.0f}s", flush=True)
     return table
 
 
