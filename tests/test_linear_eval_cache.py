@@ -90,3 +90,22 @@ def test_cached_features_need_a_deterministic_linear_eval(overrides, mode, messa
         validate(_config(**overrides), RunConfig(mode=mode, model_dir=str(tmp_path),
                                                  from_scratch=True))
     assert os.listdir(tmp_path) == []
+
+
+def test_frozen_features_are_the_networks_finetune_input_on_each_training_view():
+    """Fewer labelled images than one eval batch; rows outside the subset zero."""
+    from simclr_tf2.data import augment
+    from simclr_tf2.training.learner import Learner
+    from simclr_tf2.training.runner import frozen_features
+    config = _config(**{"train.eval_batch_size": 64})
+    source = make_source(config.data, config.data.train_split, labelled=True)
+    indices = np.array([3, 50, 7, 400, 11])
+    learner = Learner(config, "linear_eval", total_steps=1)
+    table = frozen_features(learner, config, source, indices, verbose=False)
+    assert table.shape == (len(source), 128)
+    images = tf.stack([augment.finetune_view(source.load(i), tf.constant([9, 9], tf.int64),
+                                             config.data.image_size, 1.0, flip=False)
+                       for i in indices])
+    expected = learner.model(images, training=False)["finetune_input"].numpy()
+    np.testing.assert_allclose(table[indices], expected, rtol=1e-5, atol=1e-6)
+    assert not table[np.setdiff1d(np.arange(len(source)), indices)].any()

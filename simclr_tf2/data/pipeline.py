@@ -100,7 +100,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
         indices = np.arange(len(source))
     total = len(indices)
     indices = shard_indices(np.asarray(indices, np.int64), input_context)
-    if training and len(indices) < local_batch:
+    drop_remainder = training if drop_remainder is None else drop_remainder
+    if drop_remainder and len(indices) < local_batch:
         raise DataError(f"{len(indices)} examples cannot fill one batch of "
                         f"{local_batch}: lower the batch size")
     pipeline_id = input_context.input_pipeline_id if input_context else 0
@@ -150,7 +151,6 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
             return out
 
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    drop_remainder = training if drop_remainder is None else drop_remainder
     ds = ds.batch(local_batch, drop_remainder=drop_remainder)
     if not training:
         ds = ds.map(functools.partial(_pad_batch, batch_size=local_batch))
