@@ -8,6 +8,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
 
 
 def _bench(script, args, timeout=900):
@@ -39,9 +40,10 @@ def test_distill_benchmark_quick_run_reports_every_stage_and_resumes(tmp_path):
 @pytest.mark.slow
 def test_semisupervised_benchmark_quick_run_covers_every_method_and_fraction(tmp_path):
     workdir = str(tmp_path / "semi")
-    report = _bench("semisupervised.py", ["--quick", "--seeds", "0", "--workdir", workdir],
-                    timeout=1800)
+    report = _bench("semisupervised.py", ["--quick", "--seeds", "0", "--workdir", workdir,
+                                          "--jobs", "2"], timeout=1800)
     assert report["benchmark"] == "semisupervised_mnist5k_main" and report["quick"]
+    assert report["jobs"] == 2 and report["stage_seconds"] > 0
     summary = report["summary"]
     expected = {"logistic_regression_pixels": {"1pct", "10pct", "100pct"},
                 "scratch": {"1pct", "10pct", "100pct"},
@@ -67,7 +69,8 @@ def test_semisupervised_benchmark_quick_run_covers_every_method_and_fraction(tmp
     # Labelled subsets come from the library's subset code, seeded by the seed.
     ids = open(os.path.join(workdir, "seed0", "finetune_1pct", "labelled_ids.txt")).read()
     assert len(ids.split()) == 40
-    # A rerun reuses every finished network stage; the pixel floor is refitted.
+    # A rerun (one process) reuses every finished network stage, in the same
+    # order; the pixel floor is refitted.
     again = _bench("semisupervised.py", ["--quick", "--seeds", "0", "--workdir", workdir])
     pixels_again = again["results"].pop("logistic_regression_pixels")
     assert [r["top1"] for f in ("1pct", "10pct", "100pct") for r in pixels_again[f]] == [
@@ -149,3 +152,18 @@ def test_reused_pretraining_reports_the_reused_runs_record(tmp_path):
     assert directory == str(run)
     assert record == {"seconds": 1186.5, "steps": 2344, "reused": str(run)}
     assert semisupervised.targets({}, record)["pretrain_le_30min"]
+
+
+def test_main_table_tasks_cover_every_stage_once_in_table_order():
+    sys.path.insert(0, BENCH)
+    try:
+        import semisupervised
+    finally:
+        sys.path.remove(BENCH)
+    tasks = semisupervised.main_tasks([0, 1], distill_fractions=(0.1,))
+    assert len(tasks) == len(set(tasks)) == 2 * 8
+    assert tasks[:8] == [(0, 0.01, "scratch", False), (0, 0.01, "linear_eval", False),
+                         (0, 0.01, "finetune", False), (0, 0.1, "scratch", True),
+                         (0, 0.1, "linear_eval", True), (0, 0.1, "finetune", True),
+                         (0, 1.0, "scratch", False), (0, 1.0, "linear_eval", False)]
+    assert [t[0] for t in tasks] == [0] * 8 + [1] * 8

@@ -565,7 +565,7 @@ def frozen_features(learner: Learner, config: ExperimentConfig, source, indices,
                        "2 GB table: drop --linear_eval_cache_features")
     table = np.zeros([len(source), dim], np.float32)
 
-    @tf.function
+    @tf.function(reduce_retracing=True)  # the last batch may be smaller
     def forward(images):
         # training=True as in the training step; every layer it reads is frozen.
         return model(images, training=True)["finetune_input"]
