@@ -219,3 +219,31 @@ def test_distill_runs_on_two_replicas(tmp_path):
                   strategy=mirrored_strategy(2), verbose=False)
     assert int(outcome["learner"].step.numpy()) == 4
     assert tf.train.latest_checkpoint(str(tmp_path / "student")).endswith("ckpt-4")
+
+
+def test_a_teacher_run_loads_without_unrestored_value_warnings(tmp_path, caplog):
+    """The run's optimizer slots are not the teacher's; loading it must not
+    print a warning per slot when the load status is collected."""
+    import gc
+    import logging
+
+    from simclr_tf2 import get_preset
+    from simclr_tf2.training.runner import RunConfig, run
+    from simclr_tf2.training.teacher import load_teacher
+    config = get_preset("tiny").override(**{
+        "train.train_steps": 2, "train.steps_per_loop": 1, "train.summary_interval": 1,
+        "train.train_batch_size": 16, "export.export_at_end": False,
+        "data.label_fraction": 0.1})
+    run(config, RunConfig(mode="finetune", model_dir=str(tmp_path), from_scratch=True),
+        verbose=False)
+    logging.getLogger("tensorflow").addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING):
+            teacher = load_teacher(str(tmp_path), image_size=32)
+            gc.collect()
+        logits = teacher(tf.zeros([2, 32, 32, 3]))
+    finally:
+        logging.getLogger("tensorflow").removeHandler(caplog.handler)
+    assert logits.shape == (2, 10)
+    assert not [r for r in caplog.records if "could not be found" in r.getMessage()
+                or "unrestored values" in r.getMessage()], caplog.text[:2000]
