@@ -75,6 +75,8 @@ def _snapshot(directory):
     (["--strategy=mirrored", "--num_cpu_devices=3", "--train_batch_size=32"],
      "not divisible by the 3 replicas"),
     (["--dataset=folder", "--data_dir=/nonexistent/images"], "does not exist"),
+    (["--mode=linear_eval", "--from_scratch", "--linear_eval_cache_features"],
+     "set --crop_area_min=1.0 and --nouse_flip"),
 ])
 def test_bad_flags_fail_in_one_line_and_leave_the_model_dir_alone(args, message, tmp_path):
     model_dir = tmp_path / "run"
