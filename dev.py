@@ -5,7 +5,10 @@
     python3 dev.py test   # set up .venv (once), run the whole test suite
     python3 dev.py setup  # only set up .venv
 
-Extra arguments are passed on (to the demo's flags or to pytest). Needs only a
+Extra arguments are passed on (to the demo's flags or to pytest). The tests
+run in min(cores, 4) pytest-xdist worker processes (most tests keep only one
+core busy: graph tracing is single-threaded); pass `-n 0` to run them in one
+process, or `-n N` for N workers. Needs only a
 Python 3.10-3.12 interpreter (3.11 is what we test on) and access to PyPI. The
 environment is reinstalled only when requirements.txt or pyproject.toml change.
 """
@@ -58,6 +61,16 @@ def _run(args):
     return subprocess.call([_venv_python()] + args, cwd=ROOT, env=env)
 
 
+def _test_workers(extra):
+    """pytest-xdist arguments unless the caller chose the worker count:
+    min(cores, 4) workers (each test process holds a TensorFlow runtime of
+    1-3 GB), modules with expensive shared fixtures kept on one worker
+    (`xdist_group` marks)."""
+    if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in extra):
+        return []
+    return ["-n", str(max(1, min(os.cpu_count() or 1, 4))), "--dist", "loadgroup"]
+
+
 def main(argv):
     commands = ("demo", "test", "setup")
     if not argv or argv[0] not in commands:
@@ -67,7 +80,8 @@ def main(argv):
     if command == "demo":
         return _run(["-m", "simclr_tf2.demo"] + extra)
     if command == "test":
-        return _run(["-m", "pytest", "-q", "-p", "no:cacheprovider"] + extra)
+        return _run(["-m", "pytest", "-q", "-p", "no:cacheprovider"]
+                    + _test_workers(extra) + extra)
     return 0
 
 
