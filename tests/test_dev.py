@@ -1,8 +1,6 @@
 """dev.py: the README's two commands (set-up, parallel test workers)."""
-import glob
 import importlib.util
 import os
-import re
 
 import pytest
 
@@ -20,7 +18,7 @@ def _dev():
 def test_tests_run_in_min_of_cores_and_four_workers(monkeypatch, cores, workers):
     dev = _dev()
     monkeypatch.setattr(dev.os, "cpu_count", lambda: cores)
-    assert dev._test_workers(["-ra"]) == ["-n", workers, "--dist", "loadgroup"]
+    assert dev._test_workers(["-ra"]) == ["-n", workers]
 
 
 @pytest.mark.parametrize("extra", [["-n", "0"], ["-n0"], ["-n", "3", "-ra"],
@@ -28,12 +26,3 @@ def test_tests_run_in_min_of_cores_and_four_workers(monkeypatch, cores, workers)
 def test_a_worker_count_on_the_command_line_wins(extra):
     assert _dev()._test_workers(extra) == []
 
-
-def test_every_module_with_a_module_scoped_fixture_stays_on_one_worker():
-    """Under --dist loadgroup an unmarked module's tests are spread over the
-    workers, and each worker would build the module's fixture again."""
-    for path in sorted(glob.glob(os.path.join(ROOT, "tests", "test_*.py"))):
-        with open(path) as f:
-            text = f.read()
-        if re.search(r"fixture\(scope=\"(module|session)\"", text):
-            assert re.search(r"^pytestmark = .*xdist_group\(", text, re.M), path

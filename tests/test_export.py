@@ -28,10 +28,6 @@ def _images(n=6, seed=0):
     return np.random.default_rng(seed).uniform(size=(n, 32, 32, 3)).astype(np.float32)
 
 
-# One worker runs this module, so the module fixture is built once (dev.py test).
-pytestmark = pytest.mark.xdist_group("export")
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A live tiny model (BN statistics moved off their init) and its export."""

@@ -75,10 +75,6 @@ def _execute(path, workdir, tmp_path):
     return notebook
 
 
-# One worker runs every notebook: they share one work directory (dev.py test).
-pytestmark = pytest.mark.xdist_group("notebooks")
-
-
 @pytest.fixture(scope="module")
 def shared_workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("notebooks")

@@ -14,8 +14,7 @@ from simclr_tf2.export import (OfficialImportError, import_official_variables,
 from simclr_tf2.export.official import official_layers
 from simclr_tf2.models import SimCLRModel
 
-# r50 at full width, saved and loaded; one worker builds the module fixtures.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("official_import")]
+pytestmark = pytest.mark.slow  # r50 at full width, saved and loaded
 
 
 @pytest.fixture(scope="module", params=["r50_1x_sk0", "r50_1x_sk1"])
