@@ -68,7 +68,7 @@ def _test_workers(extra):
     may be built once per worker. `--dist loadgroup` would keep marked
     modules together, but with pytest 9.2 and pytest-xdist 3.8.0 it does not
     group (xdist renames `item._nodeid`, which pytest 9 no longer reads)."""
-    if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in extra):
+    if any(a.startswith(("-n", "--numprocesses")) for a in extra):
         return []
     return ["-n", str(max(1, min(os.cpu_count() or 1, 4)))]
 
