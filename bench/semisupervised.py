@@ -28,9 +28,9 @@ fine-tuning on 1% of the labels with the same seeds (paired).
 recipe in FINETUNE_VARIANTS (head layer 0 or 1; batch-norm statistics over
 the labelled images or over all training images), paired by seed.
 `--jobs 2` runs the main table's stages in two worker processes of one
-thread each: one stage keeps only about 1.6 of 2 cores busy (estimated
-stages: about 45 min instead of 56 on 2 cores, see RESULTS.md). Results are
-the same up to CPU arithmetic order. Writes <workdir>/report_<part>.json (and prints it), <workdir>/*.png plots;
+thread each: one stage keeps only about 1.6 of 2 cores busy. Measured with
+`--jobs 2` on a 2-core AMD EPYC: the 3-seed main table in 43 min, its stages
+in 28 min (RESULTS.md). Results are the same up to CPU arithmetic order. Writes <workdir>/report_<part>.json (and prints it), <workdir>/*.png plots;
 finished stages are reused, so an interrupted run resumes. `--quick` runs a
 few steps per stage: it checks the script, not the numbers.
 """
