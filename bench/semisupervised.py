@@ -30,8 +30,9 @@ the labelled images or over all training images), paired by seed.
 `--jobs 2` runs the main table's stages in two worker processes of one
 thread each: one stage keeps only about 1.6 of 2 cores busy. Measured with
 `--jobs 2` on a 2-core AMD EPYC: the 3-seed main table in 43 min, its stages
-in 28 min (RESULTS.md). Results are the same up to CPU arithmetic order. Writes <workdir>/report_<part>.json (and prints it), <workdir>/*.png plots;
-finished stages are reused, so an interrupted run resumes. `--quick` runs a
+in 28 min (RESULTS.md). Results are the same up to CPU arithmetic order.
+Writes <workdir>/report_<part>.json (and prints it) and <workdir>/*.png
+plots; finished stages are reused, so an interrupted run resumes. `--quick` runs a
 few steps per stage: it checks the script, not the numbers.
 """
 import argparse
