@@ -115,3 +115,36 @@ def test_momentum_encoder_rejects_mismatched_target():
         MomentumEncoder(online, wider)
     with pytest.raises(ValueError, match="momentum=2"):
         MomentumEncoder(online, _small_net, momentum=2)
+
+
+def test_queue_remembers_which_image_each_key_came_from():
+    queue = NegativeQueue(size=5, dim=3)
+    np.testing.assert_array_equal(queue.ids.numpy(), [-1] * 5)
+    # Two images, two views each: keys view-major, one id per image.
+    queue.enqueue(_keys(0, 4), num_views=2, ids=tf.constant([7, 9], tf.int64))
+    np.testing.assert_array_equal(queue.ids.numpy()[:4], [7, 9, 7, 9])
+    queue.enqueue(_keys(4, 2), num_views=2, ids=tf.constant([3], tf.int64))
+    np.testing.assert_array_equal(queue.ids.numpy(), [3, 9, 7, 9, 3])
+    queue.enqueue(_keys(6, 1))  # no ids: unknown
+    assert queue.ids.numpy()[1] == -1
+
+
+def test_queue_ids_follow_their_keys_across_replicas():
+    strategy = mirrored_strategy(2)
+    with strategy.scope():
+        queue = NegativeQueue(size=8, dim=1)
+
+    @tf.function
+    def step():
+        def replica_fn():
+            rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+            ids = tf.cast(10 * rid + tf.range(2), tf.int64)  # 2 images per replica
+            keys = tf.cast(tf.concat([ids, 100 + ids], 0), tf.float32)[:, None]
+            queue.enqueue(keys, num_views=2, ids=ids)
+        strategy.run(replica_fn)
+
+    step()
+    keys = queue.keys.values[0].numpy()[:, 0]
+    ids = queue.ids.values[0].numpy()
+    np.testing.assert_array_equal(keys, [0, 1, 10, 11, 100, 101, 110, 111])
+    np.testing.assert_array_equal(ids, [0, 1, 10, 11, 0, 1, 10, 11])

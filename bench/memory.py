@@ -1,0 +1,270 @@
+"""The memory (momentum encoder + queue of negatives) on mnist5k: why it hurt,
+and where it pays.
+
+    python bench/memory.py --part hypotheses [--seeds 0] [--jobs 2]
+    python bench/memory.py --part batch [--seeds 0 1 2] [--jobs 2]
+
+Every arm pretrains the mnist5k recipe (flags/mnist5k_pretrain.cfg, tiny
+ResNet-18) for EPOCHS epochs with its own flags and pretraining seed = seed,
+then is measured four ways, each with the same seed:
+- the representation of the 4000 training images (eval view, inference
+  mode): effective rank of the backbone output and of the projection output,
+  and weighted kNN top-1 (k=200, temperature 0.1) of the 1000 test images
+  against them, for both;
+- linear eval on 10% of the labels (flags/mnist5k_linear_eval.cfg);
+- fine-tuning on 1% of the labels (flags/mnist5k_finetune_1pct.cfg, the
+  main table's recipe).
+`--part hypotheses` runs the arms that separate the explanations of the
+memory's damage (HYPOTHESIS_ARMS, batch 128); `--part batch` compares no
+memory with the memory at batch 32 and 128 (BATCH_ARMS) at equal epochs.
+Finished stages are reused (an interrupted run resumes); `--jobs N` runs arms
+in N worker processes of cores / N threads. Writes <workdir>/report_<part>.json
+(printed too) and, for the batch part, <workdir>/memory_batch.png.
+`--quick` runs a few steps per stage: it checks the script, not the numbers.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+
+from distill import stage  # noqa: E402
+from semisupervised import SEEDS_ARGS, supervised_args  # noqa: E402
+
+EPOCHS = 10
+MEMORY = ["--queue_size=1024", "--memory_momentum=0.99"]
+# (name, pretraining flags); batch 128 (the flagfile's), temperature 0.5
+# unless the flags say otherwise.
+HYPOTHESIS_ARMS = [
+    ("no memory", []),
+    ("memory", MEMORY),
+    ("no memory, temperature 0.2", ["--temperature=0.2"]),
+    ("memory, temperature 0.2", [*MEMORY, "--temperature=0.2"]),
+    ("no memory, temperature 0.1", ["--temperature=0.1"]),
+    ("memory, temperature 0.1", [*MEMORY, "--temperature=0.1"]),
+    ("memory, queue temperature 0.2", [*MEMORY, "--queue_temperature=0.2"]),
+    ("memory, queue temperature 0.1", [*MEMORY, "--queue_temperature=0.1"]),
+    ("memory, centred queue", [*MEMORY, "--center_queue"]),
+    ("memory, own images' keys excluded", [*MEMORY, "--exclude_own_images"]),
+    ("memory, queue from step 100", [*MEMORY, "--memory_warmup_steps=100"]),
+    ("memory, momentum 0", ["--queue_size=1024", "--memory_momentum=0"]),
+    ("memory, momentum 0.999", ["--queue_size=1024", "--memory_momentum=0.999"]),
+    ("memory, queue 256", ["--queue_size=256", "--memory_momentum=0.99"]),
+    ("memory, queue 4096", ["--queue_size=4096", "--memory_momentum=0.99"]),
+    ("memory, MoCo keys (positive and negatives from the momentum encoder)",
+     [*MEMORY, "--memory_contrast_keys=momentum"]),
+    # Second round: the queue's share of the softmax against the keys' age.
+    ("memory, queue weight 0.25", [*MEMORY, "--queue_weight=0.25"]),
+    ("memory, momentum 0, queue 256", ["--queue_size=256", "--memory_momentum=0"]),
+    ("memory, momentum 0, queue weight 0.25",
+     ["--queue_size=1024", "--memory_momentum=0", "--queue_weight=0.25"]),
+    ("memory, momentum 0.9", ["--queue_size=1024", "--memory_momentum=0.9"]),
+    ("no memory, learning rate 0.1", ["--learning_rate=0.1"]),
+    ("memory, learning rate 0.1", [*MEMORY, "--learning_rate=0.1"]),
+    ("memory, MoCo keys, temperature 0.2",
+     [*MEMORY, "--memory_contrast_keys=momentum", "--temperature=0.2"]),
+]
+BATCH_ARMS = [(f"{name}, batch {batch}", [f"--train_batch_size={batch}", *flags])
+              for batch in (32, 128)
+              for name, flags in (("no memory", []), ("memory", MEMORY))]
+
+
+def control_of(arm, part):
+    """The no-memory arm a memory arm is paired with: same temperature (or
+    batch), otherwise the plain control."""
+    if not arm.startswith("memory"):
+        return arm
+    if part == "batch":
+        return arm.replace("memory,", "no memory,", 1)
+    for setting in ("temperature 0.2", "temperature 0.1", "learning rate 0.1"):
+        if setting in arm and "queue " + setting not in arm:
+            return f"no memory, {setting}"
+    return "no memory"
+
+
+def _slug(name):
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def probe(pretrain_dir, seed, quick):
+    """Effective rank and kNN top-1 of the pretrained backbone and projection
+    output (kept in pretrain_dir/probe.json)."""
+    done = os.path.join(pretrain_dir, "probe.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            return json.load(f)
+    import tensorflow as tf
+
+    from simclr_tf2.configs import ExperimentConfig
+    from simclr_tf2.data import make_source
+    from simclr_tf2.models import SimCLRModel
+    from simclr_tf2.monitors.knn_monitor import monitor_indices, representation_report
+    from simclr_tf2.training.learner import model_config_for
+    with open(os.path.join(pretrain_dir, "config.json")) as f:
+        config = ExperimentConfig.from_dict(json.load(f)["experiment"])
+    model = SimCLRModel(model_config_for(config, "pretrain"), "pretrain")
+    size = config.data.image_size
+    model(tf.zeros([1, size, size, 3]), training=False)
+    tf.train.Checkpoint(model=model).read(
+        tf.train.latest_checkpoint(pretrain_dir)).expect_partial()
+    train = make_source(config.data, "train", labelled=True)
+    test = make_source(config.data, "test", labelled=True)
+    limit = 256 if quick else 0
+    start = time.time()
+    report = representation_report(
+        model, config.data, train, test, 256, k=200, temperature=0.1,
+        outputs=("final_avg_pool", "proj_head_output"),
+        bank_indices=monitor_indices(len(train), limit, seed),
+        query_indices=monitor_indices(len(test), limit, seed))
+    report["seconds"] = time.time() - start
+    with open(done, "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+def run_arm(workdir, name, flags, seed, quick):
+    """Pretrains one arm for one seed and measures it; returns its record."""
+    pre_dir = os.path.join(workdir, _slug(name), f"seed{seed}")
+    pretrain = stage("mnist5k_pretrain.cfg", os.path.join(pre_dir, "pretrain"),
+                     [f"--train_epochs={EPOCHS}", *SEEDS_ARGS(seed), *flags,
+                      "--export_at_end=false"], quick, verbose=False)
+    record = {"arm": name, "seed": seed, "flags": flags, "pretrain": pretrain,
+              "probe": probe(os.path.join(pre_dir, "pretrain"), seed, quick)}
+    checkpoint = f"--checkpoint={os.path.join(pre_dir, 'pretrain')}"
+    record["linear_eval_10pct"] = stage(
+        "mnist5k_linear_eval.cfg", os.path.join(pre_dir, "linear_eval_10pct"),
+        [*supervised_args(0.1, seed, epochs=False), checkpoint, "--noexport_at_end"],
+        quick, verbose=False)["top1"]
+    record["finetune_1pct"] = stage(
+        "mnist5k_finetune_1pct.cfg", os.path.join(pre_dir, "finetune_1pct"),
+        [*supervised_args(0.01, seed), checkpoint, "--noexport_at_end"],
+        quick, verbose=False)["top1"]
+    return record
+
+
+def _worker_threads(threads):
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+def run_arms(workdir, arms, seeds, quick, jobs=1):
+    """Every (arm, seed) record, in arm then seed order."""
+    tasks = [(name, flags, seed) for name, flags in arms for seed in seeds]
+    if jobs <= 1:
+        return [run_arm(workdir, *task, quick) for task in tasks]
+    import concurrent.futures
+    import multiprocessing
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with concurrent.futures.ProcessPoolExecutor(
+            jobs, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_threads, initargs=(threads,)) as pool:
+        futures = [pool.submit(run_arm, workdir, *task, quick) for task in tasks]
+        return [f.result() for f in futures]
+
+
+MEASURES = {
+    "finetune_1pct": lambda r: 100 * r["finetune_1pct"],
+    "linear_eval_10pct": lambda r: 100 * r["linear_eval_10pct"],
+    "knn_backbone": lambda r: 100 * r["probe"].get("knn_top1_final_avg_pool", np.nan),
+    "knn_projection": lambda r: 100 * r["probe"].get("knn_top1_proj_head_output", np.nan),
+    "erank_backbone": lambda r: r["probe"]["erank_final_avg_pool"],
+    "erank_projection": lambda r: r["probe"]["erank_proj_head_output"],
+}
+
+
+def summarise(records, control):
+    """Per arm: each measure's values (seed order), mean, and the paired
+    difference to the `control` arm's."""
+    by_arm = {}
+    for record in records:
+        by_arm.setdefault(record["arm"], []).append(record)
+    rows = []
+    for arm, arm_records in by_arm.items():
+        row = {"arm": arm, "flags": arm_records[0]["flags"],
+               "seeds": [r["seed"] for r in arm_records],
+               "pretrain_seconds": [r["pretrain"]["seconds"] for r in arm_records]}
+        base = {r["seed"]: r for r in by_arm.get(control(arm), [])}
+        for measure, get in MEASURES.items():
+            values = [get(r) for r in arm_records]
+            entry = {"values": values, "mean": float(np.mean(values))}
+            paired = [v - get(base[r["seed"]]) for v, r in zip(values, arm_records)
+                      if r["seed"] in base]
+            if paired and control(arm) != arm:
+                entry["minus_control"] = {"values": paired, "mean": float(np.mean(paired))}
+            row[measure] = entry
+        rows.append(row)
+    return rows
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for axis, measure, label in ((axes[0], "finetune_1pct", "1%-label fine-tuning"),
+                                 (axes[1], "linear_eval_10pct", "10%-label linear eval")):
+        for memory in ("no memory", "memory"):
+            points = [(int(r["arm"].rsplit(" ", 1)[1]), r[measure]) for r in rows
+                      if r["arm"].split(",")[0] == memory]
+            points.sort()
+            axis.errorbar([p[0] for p in points], [p[1]["mean"] for p in points],
+                          yerr=[np.std(p[1]["values"]) for p in points], marker="o",
+                          capsize=3, label=memory)
+        axis.set_xscale("log", base=2)
+        axis.set_xticks([32, 128], ["32", "128"])
+        axis.set_xlabel("pretraining batch size")
+        axis.set_ylabel("test top-1 (%)")
+        axis.set_title(label)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(f"mnist5k, {EPOCHS} pretraining epochs: memory vs none")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "bench_memory"))
+    parser.add_argument("--part", choices=["hypotheses", "batch"], default="batch")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="*", default=None,
+                        help="run only the arms whose names contain one of these")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--quick", action="store_true",
+                        help="a few steps per stage: checks the script, not the numbers")
+    args = parser.parse_args(argv)
+    os.makedirs(args.workdir, exist_ok=True)
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    arms = HYPOTHESIS_ARMS if args.part == "hypotheses" else BATCH_ARMS
+    if args.arms:
+        arms = [a for a in arms if any(s in a[0] for s in args.arms)]
+    control = lambda arm: control_of(arm, args.part)  # noqa: E731
+    start = time.time()
+    records = run_arms(args.workdir, arms, args.seeds, args.quick, args.jobs)
+    rows = summarise(records, control)
+    report = {"benchmark": f"memory_mnist5k_{args.part}", "quick": args.quick,
+              "seeds": args.seeds, "pretrain_epochs": EPOCHS, "rows": rows,
+              "records": records, "total_seconds": time.time() - start,
+              "machine": {"platform": platform.platform(),
+                          "processor": platform.processor(), "cpus": os.cpu_count()}}
+    if args.part == "batch" and len(rows) == len(BATCH_ARMS):
+        plot(rows, os.path.join(args.workdir, "memory_batch.png"))
+    print(json.dumps(report, indent=2))
+    with open(os.path.join(args.workdir, f"report_{args.part}.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""kNN accuracy and effective rank of the current backbone, during pretraining.
+
+Every `knn_interval` steps the backbone embeds a bank (training images) and
+queries (evaluation images) on the eval view in inference mode, and reports
+the weighted kNN top-1 of the queries against the bank and the effective rank
+of the bank's features. Inference mode reads the batch-norm moving averages
+and changes no variable, and the eval pipeline draws no random numbers, so the
+monitor does not change training. Its cost is one forward pass over
+`knn_bank_size + knn_eval_size` images per report.
+"""
+import time
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import orbit
+import tensorflow as tf
+
+from simclr_tf2.configs.schema import DataConfig
+from simclr_tf2.data import build_from_config, distribute
+from simclr_tf2.monitors.representation import effective_rank, knn_predict
+
+
+def embed(model, data_config: DataConfig, source, batch_size: int,
+          outputs: Sequence[str] = ("final_avg_pool",),
+          indices: Optional[np.ndarray] = None,
+          strategy: Optional[tf.distribute.Strategy] = None) -> Dict[str, np.ndarray]:
+    """The model's `outputs` in inference mode on the eval view of the
+    examples `indices` (all by default): {name: [len(indices), dim] float32,
+    'label': [len(indices)] int64}, rows in `indices` order. With a strategy
+    each replica embeds its share of every batch."""
+    strategy = strategy or tf.distribute.get_strategy()
+    indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+    replicas = strategy.num_replicas_in_sync
+    batch_size = max(batch_size // replicas, 1) * replicas
+    dataset = distribute(strategy, lambda ctx: build_from_config(
+        data_config, source, "eval", batch_size, indices, input_context=ctx))
+
+    @tf.function
+    def forward(batch):
+        def replica(b):
+            out = model(b["image"], training=False)
+            return {**{k: tf.cast(out[k], tf.float32) for k in outputs},
+                    "index": b["index"]}
+        return strategy.run(replica, args=(batch,))
+
+    row_of = {int(i): r for r, i in enumerate(indices)}
+    table = {}
+    for batch in dataset:
+        per_replica = forward(batch)
+        local = {k: [v.numpy() for v in strategy.experimental_local_results(per_replica[k])]
+                 for k in per_replica}
+        index = np.concatenate(local.pop("index"))
+        keep = index >= 0  # eval batches are padded with index -1
+        rows = np.array([row_of[int(i)] for i in index[keep]], np.int64)
+        for name, parts in local.items():
+            values = np.concatenate(parts)[keep]
+            if name not in table:
+                table[name] = np.zeros([len(indices), values.shape[-1]], np.float32)
+            table[name][rows] = values
+    table["label"] = np.asarray(source.labels)[indices]
+    return table
+
+
+def representation_report(model, data_config: DataConfig, bank_source, query_source,
+                          batch_size: int, k: int = 200, temperature: float = 0.1,
+                          outputs: Sequence[str] = ("final_avg_pool",),
+                          bank_indices: Optional[np.ndarray] = None,
+                          query_indices: Optional[np.ndarray] = None,
+                          strategy: Optional[tf.distribute.Strategy] = None
+                          ) -> Dict[str, float]:
+    """{'knn_top1_<output>', 'erank_<output>'} for each output: weighted kNN
+    top-1 of the queries against the bank (when both have labels) and the
+    effective rank of the bank's features."""
+    bank = embed(model, data_config, bank_source, batch_size, outputs, bank_indices,
+                 strategy)
+    labelled = (bank["label"] >= 0).all() and len(bank["label"]) > 0
+    queries = None
+    if labelled and query_source is not None:
+        queries = embed(model, data_config, query_source, batch_size, outputs,
+                        query_indices, strategy)
+        labelled = (queries["label"] >= 0).all() and len(queries["label"]) > 0
+    report = {}
+    for name in outputs:
+        report[f"erank_{name}"] = float(effective_rank(bank[name]))
+        if labelled:
+            classes = int(max(bank["label"].max(), queries["label"].max())) + 1
+            predicted = knn_predict(bank[name], bank["label"], queries[name], classes,
+                                    k=k, temperature=temperature).numpy()
+            report[f"knn_top1_{name}"] = float((predicted == queries["label"]).mean())
+    return report
+
+
+def monitor_indices(size: int, limit: int, seed: int) -> np.ndarray:
+    """All of 0..size-1, or a seeded random `limit` of them in increasing order."""
+    if limit <= 0 or size <= limit:
+        return np.arange(size)
+    return np.sort(np.random.default_rng(seed).choice(size, limit, replace=False))
+
+
+class KnnMonitor(orbit.AbstractEvaluator):
+    """An orbit evaluator: `evaluate()` returns {'knn_top1', 'erank'} of the
+    backbone output (`final_avg_pool`), with 'knn_top1' only when the bank
+    and the queries have labels. `controller.train_and_evaluate(...,
+    eval_interval=knn_interval)` runs it between training loops and writes
+    its values to TensorBoard (summaries/eval)."""
+
+    def __init__(self, model, data_config: DataConfig, bank_source, query_source,
+                 batch_size: int, k: int, temperature: float,
+                 bank_indices: Optional[np.ndarray] = None,
+                 query_indices: Optional[np.ndarray] = None,
+                 strategy: Optional[tf.distribute.Strategy] = None,
+                 step: Optional[tf.Variable] = None, verbose: bool = True):
+        self.model = model
+        self.data_config = data_config
+        self.bank_source, self.query_source = bank_source, query_source
+        self.batch_size, self.k, self.temperature = batch_size, k, temperature
+        self.bank_indices, self.query_indices = bank_indices, query_indices
+        self.strategy = strategy
+        self.step = step
+        self.verbose = verbose
+        self.seconds = 0.0
+        self.history = []
+
+    def evaluate(self, num_steps: tf.Tensor) -> Dict[str, float]:
+        del num_steps  # one pass over the bank and the queries
+        start = time.time()
+        report = representation_report(
+            self.model, self.data_config, self.bank_source, self.query_source,
+            self.batch_size, self.k, self.temperature, bank_indices=self.bank_indices,
+            query_indices=self.query_indices, strategy=self.strategy)
+        seconds = time.time() - start
+        self.seconds += seconds
+        result = {}
+        if "knn_top1_final_avg_pool" in report:
+            result["knn_top1"] = report["knn_top1_final_avg_pool"]
+        result["erank"] = report["erank_final_avg_pool"]
+        step = int(self.step.numpy()) if self.step is not None else None
+        self.history.append({"step": step, **result})
+        if self.verbose:
+            shown = " ".join(f"{k} {v:.4g}" for k, v in result.items())
+            print(f"step {step} monitor {shown} (backbone, eval view, {seconds:.1f}s)",
+                  flush=True)
+        return result

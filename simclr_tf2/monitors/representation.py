@@ -1,0 +1,66 @@
+"""Label-free and label-light measures of a representation.
+
+Hand-written: neither TensorFlow nor tf-models-official has the effective
+rank, and the weighted kNN classifier of self-supervised monitoring (Wu et
+al., 2018, "Unsupervised Feature Learning via Non-Parametric Instance
+Discrimination", section 3.4) is a few lines over a matmul and top_k.
+"""
+import tensorflow as tf
+
+
+def effective_rank(features: tf.Tensor) -> tf.Tensor:
+    """exp(entropy of the normalised singular values) of the centred rows.
+
+    Roy & Vetterli (2007), "The effective rank: a measure of effective
+    dimensionality"; used for self-supervised representations by Garrido et
+    al. (2023, RankMe). 1 when every row lies on one line through the mean,
+    min(rows - 1, dim) at most. A representation that collapses into few
+    dimensions shows it here while the contrastive loss may still fall.
+
+    features: [n, dim]. The singular values come from the eigenvalues of the
+    smaller of the two Gram matrices ([n, n] or [dim, dim]), so the cost is
+    one matmul and an eigendecomposition of size min(n, dim). Non-finite
+    features give NaN (the eigendecomposition itself would fail on them).
+    """
+    x = tf.cast(features, tf.float32)
+    finite = tf.reduce_all(tf.math.is_finite(x))
+    x = tf.where(finite, x, tf.zeros_like(x))
+    x = x - tf.reduce_mean(x, axis=0, keepdims=True)
+    n, dim = x.shape[0], x.shape[1]
+    gram = (tf.matmul(x, x, transpose_a=True) if n is None or dim is None or dim <= n
+            else tf.matmul(x, x, transpose_b=True))
+    singular = tf.sqrt(tf.maximum(tf.linalg.eigvalsh(gram), 0.0))
+    total = tf.reduce_sum(singular)
+    p = singular / tf.maximum(total, 1e-12)
+    entropy = -tf.reduce_sum(tf.where(p > 0, p * tf.math.log(tf.maximum(p, 1e-30)), 0.0))
+    rank = tf.where(total > 0, tf.exp(entropy), 0.0)
+    return tf.where(finite, rank, float("nan"))
+
+
+def knn_predict(bank: tf.Tensor, bank_labels: tf.Tensor, queries: tf.Tensor,
+                num_classes: int, k: int = 200, temperature: float = 0.1,
+                chunk: int = 1024) -> tf.Tensor:
+    """Weighted k-nearest-neighbour class of each query (Wu et al., 2018).
+
+    Cosine similarity s between L2-normalised features; each of the k most
+    similar bank rows votes for its label with weight exp(s / temperature);
+    the class with the largest total wins (ties: the smallest class id).
+
+    bank: [n, dim]; bank_labels: [n] ints in [0, num_classes); queries:
+    [m, dim]. Returns [m] int32. Queries are processed `chunk` at a time so
+    the [chunk, n] similarity matrix stays small.
+    """
+    bank = tf.math.l2_normalize(tf.cast(bank, tf.float32), axis=-1)
+    queries = tf.math.l2_normalize(tf.cast(queries, tf.float32), axis=-1)
+    bank_labels = tf.cast(bank_labels, tf.int32)
+    k = min(k, int(bank.shape[0]))
+    predictions = []
+    for start in range(0, int(queries.shape[0]), chunk):
+        similarity = tf.matmul(queries[start:start + chunk], bank, transpose_b=True)
+        top, index = tf.math.top_k(similarity, k=k)  # [chunk, k]
+        votes = tf.one_hot(tf.gather(bank_labels, index), num_classes)  # [chunk, k, C]
+        scores = tf.reduce_sum(votes * tf.exp(top / temperature)[..., None], axis=1)
+        predictions.append(tf.argmax(scores, axis=-1, output_type=tf.int32))
+    if not predictions:
+        return tf.zeros([0], tf.int32)
+    return tf.concat(predictions, axis=0)
