@@ -56,9 +56,7 @@ def setup():
 
 
 def _run(args):
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    return subprocess.call([_venv_python()] + args, cwd=ROOT, env=env)
+    return subprocess.call([_venv_python()] + args, cwd=ROOT)
 
 
 def _test_workers(extra):

@@ -15,7 +15,6 @@ import platform
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from simclr_tf2 import build_resnet  # noqa: E402  (sets TF_ENABLE_ONEDNN_OPTS)
 import tensorflow as tf  # noqa: E402

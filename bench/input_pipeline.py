@@ -21,9 +21,9 @@ import platform
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+import simclr_tf2  # noqa: E402,F401  (before TensorFlow: quiet start-up, oneDNN)
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 

@@ -42,7 +42,6 @@ import platform
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -169,13 +168,14 @@ def _worker_threads(threads):
     absl_logging.set_verbosity(absl_logging.WARNING)
 
 
-def run_tasks(tasks, workdir, pretrain_dir, quick, jobs=1):
-    """Every task's records, in task order. jobs > 1 runs that many worker
-    processes, each with cores / jobs threads: the small networks here keep
-    two threads only partly busy, so two single-thread stages side by side
-    finish sooner than one after the other."""
+def run_tasks(tasks, workdir, pretrain_dir, quick, jobs=1, task_fn=None):
+    """Every task's records (`task_fn`, run_task by default), in task order.
+    jobs > 1 runs that many worker processes, each with cores / jobs threads:
+    the small networks here keep two threads only partly busy, so two
+    single-thread stages side by side finish sooner than one after the other."""
+    task_fn = task_fn or run_task
     if jobs <= 1:
-        return [run_task(task, workdir, pretrain_dir, quick) for task in tasks]
+        return [task_fn(task, workdir, pretrain_dir, quick) for task in tasks]
     import concurrent.futures
     import multiprocessing
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -185,7 +185,7 @@ def run_tasks(tasks, workdir, pretrain_dir, quick, jobs=1):
     with concurrent.futures.ProcessPoolExecutor(
             jobs, mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_threads, initargs=(threads,)) as pool:
-        futures = {i: pool.submit(run_task, tasks[i], workdir, pretrain_dir, quick)
+        futures = {i: pool.submit(task_fn, tasks[i], workdir, pretrain_dir, quick)
                    for i in order}
         return [futures[i].result() for i in range(len(tasks))]
 

@@ -15,6 +15,14 @@ import os as _os
 # only when simclr_tf2 is imported before TensorFlow; set
 # TF_ENABLE_ONEDNN_OPTS=0 to opt out.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# TensorFlow's C++ start-up notices (oneDNN, CPU features, CUDA stubs) are
+# hidden unless the user set TF_CPP_MIN_LOG_LEVEL. On a machine without an
+# NVIDIA driver, TensorFlow's CUDA build also logs a failed cuInit as an
+# error on every start; only level 3 hides that, so there it is 3 (errors
+# that matter still reach Python as exceptions). Takes effect only when
+# simclr_tf2 is imported before TensorFlow, as every entry point here does.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL",
+                       "2" if _os.path.exists("/proc/driver/nvidia") else "3")
 
 from simclr_tf2.backbones import ENDPOINTS, ResNet, build_resnet, build_resnet_from_config
 from simclr_tf2.configs import (DataConfig, ExperimentConfig, ExportConfig, MemoryConfig,

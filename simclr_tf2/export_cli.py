@@ -5,7 +5,6 @@ Reads <model_dir>/config.json and the latest checkpoint (or --checkpoint) and
 writes <export_dir>/<step>/head_0 .. head_N, one TF Hub SavedModel per
 projection-head layer (see simclr_tf2/export/hub.py).
 """
-import logging
 import sys
 
 from absl import app, flags
@@ -30,9 +29,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"simclr_tf2.export: error: unexpected arguments {argv[1:]}")
-    if not FLAGS["verbosity"].present:
+    if not FLAGS["verbosity"].present:  # the result is printed; logs: warnings
         absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("simclr_tf2").setLevel(logging.INFO)
     try:
         if not FLAGS.model_dir:
             raise ExportError("--model_dir is required (a run directory of simclr_tf2.train)")

@@ -124,6 +124,36 @@ CONFIG_FLAGS: Dict[str, Tuple[str, str]] = {
     # memory
     "memory.queue_size": ("queue_size", "Memory queue of negatives (0 = plain SimCLR)."),
     "memory.momentum": ("memory_momentum", "Momentum-encoder EMA decay."),
+    "memory.contrast_keys": ("memory_contrast_keys", "With memory: anchors are "
+                             "contrasted with the online network's projections "
+                             "(online) or with the momentum encoder's keys (momentum, "
+                             "as in MoCo); the queue always holds momentum keys."),
+    "memory.queue_temperature": ("queue_temperature", "With memory: temperature of the "
+                                 "logits against queued keys (0 = --temperature)."),
+    "memory.queue_weight": ("queue_weight", "With memory: each queued key counts as "
+                            "this many negatives in the softmax (1 = plain)."),
+    "memory.center_queue": ("center_queue", "With memory: subtract the queue's mean key "
+                            "from the queued keys."),
+    "memory.warmup_steps": ("memory_warmup_steps", "With memory: use the queue as "
+                            "negatives only from this step on."),
+    "memory.exclude_own_images": ("exclude_own_images", "With memory: leave out queued "
+                                  "keys of the current batch's own images."),
+    # monitor
+    "monitor.probe_learning_rate": ("probe_learning_rate", "Pretraining: learning rate "
+                                    "of the online linear probe's own momentum-SGD "
+                                    "optimizer (fixed; independent of --learning_rate)."),
+    "monitor.knn_interval": ("knn_interval", "Pretraining: every this many steps "
+                             "(rounded up to whole loops of steps_per_loop) and at the "
+                             "end, report kNN top-1 and effective rank of the backbone "
+                             "(0 = off)."),
+    "monitor.knn_k": ("knn_k", "kNN monitor: neighbours that vote."),
+    "monitor.knn_temperature": ("knn_temperature", "kNN monitor: votes weigh "
+                                "exp(cosine / temperature)."),
+    "monitor.knn_bank_size": ("knn_bank_size", "kNN monitor: at most this many "
+                              "training images in the bank, a seeded random subset "
+                              "(0 = all)."),
+    "monitor.knn_eval_size": ("knn_eval_size", "kNN monitor: at most this many "
+                              "eval-split images as queries (0 = all)."),
     # export
     "export.export_dir": ("export_dir", "Hub module directory (relative to model_dir)."),
     "export.keep_hub_module_max": ("keep_hub_module_max", "Hub module exports to keep."),

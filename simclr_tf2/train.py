@@ -4,7 +4,6 @@ Modes: pretrain, finetune, linear_eval, eval, train_then_eval. Rerunning the
 same command resumes from the last checkpoint in --model_dir. See flags/ for
 the paper's runs and `--helpfull` for every flag.
 """
-import logging
 import sys
 
 from absl import app, flags
@@ -14,31 +13,42 @@ from simclr_tf2.data.sources import DataError
 from simclr_tf2.flag_definitions import configs_from_flags, define_flags
 from simclr_tf2.training.runner import RunError, run
 
-define_flags()
 FLAGS = flags.FLAGS
+
+
+def run_command(flag_values) -> int:
+    """Runs what parsed `flag_values` ask for; returns the exit status. A
+    configuration or data problem prints one `simclr_tf2.train: error:` line
+    (what is wrong and the fix) and returns 2 before anything is written."""
+    try:
+        config, run_config = configs_from_flags(flag_values)
+        outcome = run(config, run_config)
+    except (ValueError, DataError, RunError) as error:
+        print(f"simclr_tf2.train: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    if outcome["result"] is not None:
+        print(f"top-1 {outcome['result']['top1']:.4f}")
+    return 0
 
 
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"simclr_tf2.train: error: unexpected arguments {argv[1:]} (flags look "
                  "like --name=value)")
-    if not FLAGS["verbosity"].present:  # progress lines are printed; logs: warnings
+    if not FLAGS["verbosity"].present:  # progress and events are printed; logs: warnings
         absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("simclr_tf2").setLevel(logging.INFO)
-    try:
-        config, run_config = configs_from_flags(FLAGS)
-        outcome = run(config, run_config)
-    except (ValueError, DataError, RunError) as error:
-        print(f"simclr_tf2.train: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    if outcome["result"] is not None:
-        print(f"top-1 {outcome['result']['top1']:.4f}")
+    status = run_command(FLAGS)
+    if status:
+        sys.exit(status)
 
 
 def console_main():
-    """Console script `simclr-tf2-train`."""
+    """Console script `simclr-tf2-train` (and `python -m simclr_tf2.train`).
+    The flags are defined here, not at import, so importing this module (for
+    `run_command`) leaves the global flags alone."""
+    define_flags()
     app.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

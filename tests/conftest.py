@@ -1,10 +1,10 @@
-"""Test set-up: 4 logical CPU devices (multi-replica tests), quiet TF logs."""
+"""Test set-up: 4 logical CPU devices (multi-replica tests), shared tiny runs.
+TensorFlow's log level and oneDNN are set by importing simclr_tf2 first, as
+every entry point does; subprocesses inherit them."""
 import itertools
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as importing simclr_tf2 does
-
+import simclr_tf2  # noqa: E402,F401  (before TensorFlow)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -52,3 +52,54 @@ def mirrored_strategy(n):
     strategy_cls = type(f"MirroredStrategy{n}", (tf.distribute.MirroredStrategy,),
                         {"_collective_key_base": 100000 * next(_strategies_made)})
     return strategy_cls(logical_cpus(n))
+
+
+# ------------------------------------------------------------ shared runs
+# Tiny training runs that many tests read instead of each training its own.
+SHARED_PRETRAIN_STEPS = 24
+SHARED_FINETUNE_STEPS = 40
+SHARED_QUEUE = 64
+
+
+def _shared_root(tmp_path_factory):
+    """One directory per test session: under pytest-xdist the workers' base
+    temp dirs share a parent; without it, the session's own base temp."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared_runs"
+
+
+def _build_shared_runs(root):
+    """quickstart's layout (root/pretrain, root/finetune_10pct, each with a hub
+    export), so the notebooks reuse them: pretraining with memory and a linear
+    head on stop-gradient features, then fine-tuning from head layer 1 on 10%
+    of the labels."""
+    from simclr_tf2 import quickstart
+    pretrain = quickstart.digits_config("pretrain", SHARED_PRETRAIN_STEPS, **{
+        "memory.queue_size": SHARED_QUEUE, "memory.momentum": 0.9,
+        "train.steps_per_loop": 6, "train.summary_interval": 6,
+        "train.checkpoint_interval": 12})
+    quickstart.run_stage(pretrain, str(root / "pretrain"), "pretrain")
+    finetune = quickstart.digits_config("finetune", SHARED_FINETUNE_STEPS)
+    quickstart.run_stage(finetune, str(root / "finetune_10pct"), "finetune",
+                         checkpoint=str(root / "pretrain"), evaluate=False)
+
+
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory):
+    """{'root', 'pretrain', 'finetune'}: the shared runs, built once per
+    session by whichever worker asks first (a file lock keeps the others
+    waiting). Read them; copy a run before changing it."""
+    import fcntl
+    root = _shared_root(tmp_path_factory)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (root / ".done").exists():
+                tf_keras.backend.clear_session()
+                _build_shared_runs(root)
+                (root / ".done").write_text("ok")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return {"root": str(root), "pretrain": str(root / "pretrain"),
+            "finetune": str(root / "finetune_10pct")}

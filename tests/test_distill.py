@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 
 from simclr_tf2 import get_preset
 from simclr_tf2.data.builtin import load_builtin
@@ -162,84 +163,85 @@ def test_distill_needs_a_teacher_and_classes(tmp_path):
 def _cli(args):
     return subprocess.run([sys.executable, "-m", "simclr_tf2.train", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                          env=dict(os.environ))
 
 
 @pytest.mark.slow
-def test_distill_from_a_run_and_from_its_hub_export_resumes_and_exports(tmp_path):
-    common = ["--preset=tiny", "--steps_per_loop=5", "--summary_interval=5",
-              "--checkpoint_interval=5", "--train_batch_size=32", "--optimizer=adam",
+def test_distill_from_a_run_and_from_its_hub_export_resumes_and_exports(
+        shared_runs, tmp_path, capsys):
+    """The teacher is the shared fine-tuned run: first as a run directory
+    (from the command line), then as its hub export."""
+    from simclr_tf2.flag_definitions import configs_from_flags, define_flags
+    from simclr_tf2.training.runner import run
+    teacher_dir = shared_runs["finetune"]
+    common = ["--preset=tiny", "--steps_per_loop=3", "--summary_interval=3",
+              "--checkpoint_interval=3", "--train_batch_size=32", "--optimizer=adam",
               "--learning_rate=0.001", "--learning_rate_scaling=linear", "--weight_decay=0"]
-    teacher_dir = str(tmp_path / "teacher")
-    result = _cli(common + ["--mode=pretrain", "--train_steps=10",
-                            f"--model_dir={teacher_dir}"])
-    assert result.returncode == 0, result.stderr[-3000:]
     student_dir = str(tmp_path / "student")
     args = common + ["--mode=distill", f"--teacher={teacher_dir}", "--distill_alpha=0.5",
                      "--label_fraction=0.1", "--noexport_at_end",
                      f"--model_dir={student_dir}"]
-    first = _cli(args + ["--train_steps=10"])
+    first = _cli(args + ["--train_steps=6"])
     assert first.returncode == 0, first.stderr[-3000:]
     assert "teacher_agreement" in first.stdout
     assert os.path.exists(os.path.join(student_dir, "labelled_ids.txt"))
-    resumed = _cli(args + ["--train_steps=20"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stderr and "steps 10 -> 20" in resumed.stdout
-    assert tf.train.latest_checkpoint(student_dir).endswith("ckpt-20")
+
+    def in_process(argv):
+        values = flags.FlagValues()
+        define_flags(values)
+        values(["train", *argv])
+        return run(*configs_from_flags(values))
+
+    capsys.readouterr()
+    resumed = in_process(args + ["--train_steps=12"])
+    printed = capsys.readouterr().out
+    assert "resuming from" in printed and "steps 6 -> 12" in printed
+    assert tf.train.latest_checkpoint(student_dir).endswith("ckpt-12")
+    assert int(resumed["learner"].step.numpy()) == 12
     keys = [k for k, _ in tf.train.list_variables(tf.train.latest_checkpoint(student_dir))]
     assert not any(k.startswith("teacher") for k in keys)
     # The teacher's own export (written when it finished) as the teacher.
-    export = os.path.join(teacher_dir, "hub", "10", "head_0")
+    from conftest import SHARED_FINETUNE_STEPS
+    export = os.path.join(teacher_dir, "hub", str(SHARED_FINETUNE_STEPS), "head_0")
     hub_dir = str(tmp_path / "from_hub")
-    from_hub = _cli(common + ["--mode=distill", f"--teacher={export}", "--train_steps=5",
-                              f"--model_dir={hub_dir}"])
-    assert from_hub.returncode == 0, from_hub.stderr[-3000:]
-    precomputed = _cli(common + ["--mode=distill", f"--teacher={export}", "--train_steps=5",
-                                 "--distill_precompute", "--noexport_at_end",
-                                 f"--model_dir={tmp_path / 'precomputed'}"])
-    assert precomputed.returncode == 0, precomputed.stderr[-3000:]
-    assert "teacher logits precomputed for 1438 images" in precomputed.stdout
-    assert os.listdir(os.path.join(hub_dir, "hub")) == ["5"]
+    in_process(common + ["--mode=distill", f"--teacher={export}", "--train_steps=3",
+                         f"--model_dir={hub_dir}"])
+    assert os.listdir(os.path.join(hub_dir, "hub")) == ["3"]
     recorded = json.load(open(os.path.join(hub_dir, "config.json")))
     assert recorded["run"]["teacher"] == export
+    capsys.readouterr()
+    in_process(common + ["--mode=distill", f"--teacher={export}", "--train_steps=3",
+                         "--distill_precompute", "--noexport_at_end",
+                         f"--model_dir={tmp_path / 'precomputed'}"])
+    assert "teacher logits precomputed for 1438 images" in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_distill_runs_on_two_replicas(tmp_path):
+def test_distill_runs_on_two_replicas(shared_runs, tmp_path):
     from conftest import mirrored_strategy
     from simclr_tf2.training.runner import RunConfig, run
     config = get_preset("tiny").override(**{
         "train.train_steps": 4, "train.steps_per_loop": 2, "train.summary_interval": 2,
         "train.checkpoint_interval": 4, "train.train_batch_size": 16,
         "export.export_at_end": False})
-    teacher_dir = str(tmp_path / "teacher")
-    run(config, RunConfig(mode="pretrain", model_dir=teacher_dir), verbose=False)
     outcome = run(config, RunConfig(mode="distill", model_dir=str(tmp_path / "student"),
-                                    teacher=teacher_dir),
+                                    teacher=shared_runs["finetune"]),
                   strategy=mirrored_strategy(2), verbose=False)
     assert int(outcome["learner"].step.numpy()) == 4
     assert tf.train.latest_checkpoint(str(tmp_path / "student")).endswith("ckpt-4")
 
 
-def test_a_teacher_run_loads_without_unrestored_value_warnings(tmp_path, caplog):
+def test_a_teacher_run_loads_without_unrestored_value_warnings(shared_runs, caplog):
     """The run's optimizer slots are not the teacher's; loading it must not
     print a warning per slot when the load status is collected."""
     import gc
     import logging
 
-    from simclr_tf2 import get_preset
-    from simclr_tf2.training.runner import RunConfig, run
     from simclr_tf2.training.teacher import load_teacher
-    config = get_preset("tiny").override(**{
-        "train.train_steps": 2, "train.steps_per_loop": 1, "train.summary_interval": 1,
-        "train.train_batch_size": 16, "export.export_at_end": False,
-        "data.label_fraction": 0.1})
-    run(config, RunConfig(mode="finetune", model_dir=str(tmp_path), from_scratch=True),
-        verbose=False)
     logging.getLogger("tensorflow").addHandler(caplog.handler)
     try:
         with caplog.at_level(logging.WARNING):
-            teacher = load_teacher(str(tmp_path), image_size=32)
+            teacher = load_teacher(shared_runs["finetune"], image_size=32)
             gc.collect()
         logits = teacher(tf.zeros([2, 32, 32, 3]))
     finally:

@@ -61,29 +61,44 @@ def test_clean_removes_outputs_and_editor_metadata():
         assert f.read() in (cleaned, cleaned + "\n")
 
 
-def _execute(path, workdir, tmp_path):
+# Short runs for the tests, set after each notebook's `parameters` cell as
+# papermill would: the checks below are about the notebooks working end to
+# end, not about their accuracy (the benchmarks measure that).
+TEST_PARAMETERS = {
+    "pretraining.ipynb": {"STEPS": 12},
+    "finetuning.ipynb": {},
+    "load_and_inference.ipynb": {},
+    "distillation_self_training.ipynb": {"STEPS": 16},
+}
+
+
+def _execute(path, workdir, tmp_path, parameters):
     from nbclient import NotebookClient
     notebook = nbformat.read(path, as_version=4)
+    tagged = next(i for i, c in enumerate(notebook.cells)
+                  if "parameters" in c.metadata.get("tags", []))
+    if parameters:
+        notebook.cells.insert(tagged + 1, nbformat.v4.new_code_cell(
+            "\n".join(f"{name} = {value!r}" for name, value in parameters.items())))
     env_bin = os.path.dirname(sys.executable)  # the kernel runs this interpreter
     os.environ["PATH"] = env_bin + os.pathsep + os.environ.get("PATH", "")
     os.environ["SIMCLR_TF2_NOTEBOOK_DIR"] = str(workdir)
     client = NotebookClient(notebook, timeout=900, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
-    with open(os.path.join(str(workdir), "executed_" + os.path.basename(path)), "w") as f:
+    with open(os.path.join(str(tmp_path), "executed_" + os.path.basename(path)), "w") as f:
         nbformat.write(notebook, f)
     return notebook
 
 
-@pytest.fixture(scope="module")
-def shared_workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("notebooks")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPECTED)
-def test_notebook_runs_headless_and_shows_plots(name, shared_workdir, tmp_path):
-    notebook = _execute(os.path.join(ROOT, "colab", name), shared_workdir, tmp_path)
+def test_notebook_runs_headless_and_shows_plots(name, shared_runs, tmp_path):
+    """The notebooks' working directory is the shared runs' root, laid out as
+    quickstart.digits_modules makes it: the pretrained and fine-tuned modules
+    they need are found there instead of being trained in each notebook."""
+    notebook = _execute(os.path.join(ROOT, "colab", name), shared_runs["root"], tmp_path,
+                        TEST_PARAMETERS[name])
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     errors = [o for o in outputs if o.output_type == "error"]
     assert not errors
@@ -99,6 +114,8 @@ def test_notebook_runs_headless_and_shows_plots(name, shared_workdir, tmp_path):
     }[name]
     for expected in checks:
         assert expected in text, f"{expected!r} missing from the output"
+    if name == "pretraining.ipynb":
+        assert "step 12/12" in text  # the injected parameters took effect
     if name == "load_and_inference.ipynb":
         # Keras 3 and hub.KerasLayer give the module's own numbers.
         for line in text.splitlines():

@@ -16,6 +16,7 @@ OPTIMIZERS = ("lars", "momentum", "adam")
 LR_SCALINGS = ("linear", "sqrt")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 BN_RECOMPUTE_IMAGES = ("labelled", "all")
+CONTRAST_KEYS = ("online", "momentum")
 
 
 def check(condition: bool, message: str) -> None:
@@ -213,10 +214,61 @@ class MemoryConfig:
     # Number of queued keys; 0 means plain SimCLR (no memory).
     queue_size: int = 0
     momentum: float = 0.999
+    # Whose projections each anchor is contrasted with (its positive and the
+    # in-batch negatives): "online" (the network being trained, as in SimCLR)
+    # or "momentum" (the momentum encoder's keys, as in MoCo). The queue
+    # always holds momentum-encoder keys.
+    contrast_keys: str = "online"
+    # Temperature of the logits against queued keys; 0 = train.temperature.
+    queue_temperature: float = 0.0
+    # Each queued key counts as this many negatives in the softmax.
+    queue_weight: float = 1.0
+    # Subtract the mean of the valid queued keys from each of them (then
+    # re-normalise with hidden_norm) before they are used as negatives.
+    center_queue: bool = False
+    # The queue is filled from the first step but used as negatives only
+    # from this step on.
+    warmup_steps: int = 0
+    # Leave out queued keys that came from an image of the current batch
+    # (an image seen again is not a negative of itself).
+    exclude_own_images: bool = False
 
     def __post_init__(self):
         _check_range("queue_size", self.queue_size, 0)
         _check_range("momentum", self.momentum, 0, 1)
+        _check_choice("contrast_keys", self.contrast_keys, CONTRAST_KEYS)
+        _check_range("queue_temperature", self.queue_temperature, 0)
+        _check_range("queue_weight", self.queue_weight, 0, low_inclusive=False)
+        _check_range("warmup_steps", self.warmup_steps, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorConfig:
+    """What pretraining reports besides its loss: the online linear probe and
+    the kNN monitor."""
+    # The online linear probe (lineareval_while_pretraining) trains with its
+    # own momentum-SGD optimizer at this fixed rate, independent of the
+    # pretraining optimizer and learning rate.
+    probe_learning_rate: float = 0.1
+    # Every knn_interval steps (rounded up to whole loops of steps_per_loop;
+    # 0 = off) and at the end: weighted kNN top-1 of eval-split images against training
+    # images, and the effective rank of the training images' features (the
+    # backbone output, eval view, inference mode).
+    knn_interval: int = 1000
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    # At most this many training (bank) / eval (query) images, a seeded
+    # random subset; 0 = all.
+    knn_bank_size: int = 10000
+    knn_eval_size: int = 10000
+
+    def __post_init__(self):
+        _check_range("probe_learning_rate", self.probe_learning_rate, 0)
+        _check_range("knn_interval", self.knn_interval, 0)
+        _check_range("knn_k", self.knn_k, 1)
+        _check_range("knn_temperature", self.knn_temperature, 0, low_inclusive=False)
+        _check_range("knn_bank_size", self.knn_bank_size, 0)
+        _check_range("knn_eval_size", self.knn_eval_size, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +294,7 @@ class ExperimentConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
+    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
     def to_dict(self) -> Dict[str, Dict[str, Any]]:
@@ -287,5 +340,6 @@ _SECTION_TYPES = {
     "data": DataConfig,
     "train": TrainConfig,
     "memory": MemoryConfig,
+    "monitor": MonitorConfig,
     "export": ExportConfig,
 }

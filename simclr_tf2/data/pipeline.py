@@ -235,5 +235,16 @@ def feature_dataset(features: np.ndarray, labels: np.ndarray, indices: np.ndarra
 
 def distribute(strategy: tf.distribute.Strategy,
                make: Callable[[tf.distribute.InputContext], tf.data.Dataset]):
-    """Per-replica datasets through `distribute_datasets_from_function`."""
-    return strategy.distribute_datasets_from_function(make)
+    """Per-replica datasets through `distribute_datasets_from_function`.
+
+    When every replica is a CPU the batches are already where they are used:
+    they are not prefetched "to the device" (that iterator wraps the dataset
+    in a generator that tf.data cannot optimise, and says so on every run)."""
+    options = None
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: no device placement of its own
+        devices = ()
+    if devices and all("CPU" in device.upper() for device in devices):
+        options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
+    return strategy.distribute_datasets_from_function(make, options=options)

@@ -290,7 +290,7 @@ def export_hub_modules(model_or_dir: Union[SimCLRModel, str],
     if keep > 0:
         for old in exported_steps(export_dir)[:-keep]:
             tf.io.gfile.rmtree(os.path.join(export_dir, str(old)))
-    log.warning("exported %d hub modules to %s", head_layers_built(copy) + 1, final)
+    log.info("exported %d hub modules to %s", head_layers_built(copy) + 1, final)
     return final
 
 

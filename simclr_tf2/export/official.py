@@ -247,7 +247,7 @@ def import_official_variables(model: SimCLRModel, path_or_loaded,
     for theirs_v, variable in plan:
         variable.assign(tf.cast(theirs_v, variable.dtype))
     report.copied = len(plan)
-    log.warning("official import: %s", report.summary())
+    log.info("official import: %s", report.summary())
     return report
 
 

@@ -15,7 +15,8 @@ from simclr_tf2.configs.schema import ExperimentConfig, ModelConfig, check
 from simclr_tf2.memory import MomentumEncoder, NegativeQueue
 from simclr_tf2.models.simclr_model import SimCLRModel
 from simclr_tf2.objectives.distill import distillation_loss
-from simclr_tf2.objectives.nt_xent import nt_xent_loss
+from simclr_tf2.monitors.representation import effective_rank
+from simclr_tf2.objectives.nt_xent import gather_from_replicas, nt_xent_loss
 from simclr_tf2.optim import (build_optimizer, scaled_learning_rate,
                               warmup_cosine_schedule, warmup_steps_for,
                               weight_decay_loss)
@@ -82,8 +83,9 @@ class Learner(tf.Module):
 
     Create it inside `strategy.scope()`. Modes:
       pretrain: NT-Xent on two views (+ queued negatives when
-        memory.queue_size > 0) and, with labels and num_classes > 0, a linear
-        head on stop_gradient features (linear eval while pretraining).
+        memory.queue_size > 0) and, with labels and num_classes > 0, the
+        online linear probe: a linear head on stop_gradient features with its
+        own optimizer (`probe_optimizer`), reported as probe_loss/probe_acc.
       finetune: cross-entropy on one view through the head chosen by
         ft_proj_selector; model.fine_tune_after_block freezes a prefix.
       linear_eval: like finetune, but only the supervised head trains.
@@ -123,6 +125,14 @@ class Learner(tf.Module):
                              == "float16")
         if self.loss_scaling:  # float16 gradients underflow without it
             self.optimizer = tf_keras.mixed_precision.LossScaleOptimizer(self.optimizer)
+        # The online linear probe (pretraining with a supervised head): its
+        # own momentum SGD at a fixed rate. It reads stop-gradient features,
+        # and a head trained at the pretraining optimizer's rate (LARS's
+        # learning rate without its trust ratio) diverges.
+        self.probe_optimizer = None
+        if mode == "pretrain" and self.model.supervised_head is not None:
+            self.probe_optimizer = tf_keras.optimizers.legacy.SGD(
+                config.monitor.probe_learning_rate, momentum=0.9, name="probe_sgd")
         self.momentum_encoder: Optional[MomentumEncoder] = None
         self.queue: Optional[NegativeQueue] = None
         if mode == "pretrain" and config.memory.queue_size > 0:
@@ -146,32 +156,92 @@ class Learner(tf.Module):
     def checkpoint_items(self) -> Dict[str, tf.Module]:
         """What a checkpoint of this run holds."""
         items = {"model": self.model, "optimizer": self.optimizer}
+        if self.probe_optimizer is not None:
+            items["probe_optimizer"] = self.probe_optimizer
         if self.momentum_encoder is not None:
             items["momentum_encoder"] = self.momentum_encoder.target
             items["queue"] = self.queue
         return items
 
+    def _trained_variables(self):
+        """(variables of the training objective, variables of the online
+        probe): the probe's are the supervised head's in pretraining."""
+        variables = self.model.trainable_variables
+        if self.probe_optimizer is None:
+            return variables, []
+        probe = {id(v) for v in self.model.supervised_head.trainable_variables}
+        return ([v for v in variables if id(v) not in probe],
+                [v for v in variables if id(v) in probe])
+
     # ------------------------------------------------------------------ steps
-    def _losses(self, batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    def _queue_negatives(self, batch: Dict[str, tf.Tensor]):
+        """(keys [queue_size, dim], valid [queue_size] or [local_batch,
+        queue_size]) of the queue as this step uses it (memory settings)."""
+        memory = self.config.memory
+        keys, valid = self.queue.keys, self.queue.valid
+        if memory.center_queue:
+            weight = tf.cast(valid, keys.dtype)[:, None]
+            mean = tf.reduce_sum(keys * weight, 0) / tf.maximum(tf.reduce_sum(weight), 1.0)
+            keys = keys - mean
+            if self.config.train.hidden_norm:
+                keys = tf.math.l2_normalize(keys, axis=-1)
+        if memory.warmup_steps:
+            valid = tf.logical_and(valid, self.step >= memory.warmup_steps)
+        if memory.exclude_own_images and "index" in batch:
+            own = tf.equal(tf.cast(batch["index"], tf.int64)[:, None],
+                           self.queue.ids[None, :])  # [local_batch, queue_size]
+            valid = tf.logical_and(valid[None, :], tf.logical_not(own))
+        return keys, valid
+
+    def _memory_diagnostics(self, batch, outputs, keys, queue) -> Dict[str, tf.Tensor]:
+        """How the online projections relate to the memory's keys."""
+        online = tf.math.l2_normalize(tf.cast(outputs["proj_head_output"], tf.float32), -1)
+        valid = tf.cast(self.queue.valid, tf.float32)
+        queue_mean = tf.reduce_sum(queue * valid[:, None], 0) / tf.maximum(
+            tf.reduce_sum(valid), 1.0)
+        metrics = {
+            "online_momentum_cos": tf.reduce_mean(tf.reduce_sum(
+                online * tf.math.l2_normalize(keys, -1), -1)),
+            "queue_mean_norm": tf.norm(queue_mean)}
+        if "index" in batch:
+            step_ids, _ = gather_from_replicas(tf.cast(batch["index"], tf.int64))
+            own = tf.reduce_any(tf.equal(self.queue.ids[:, None], step_ids[None, :]), 1)
+            metrics["queue_own_images"] = tf.math.divide_no_nan(
+                tf.reduce_sum(tf.cast(own, tf.float32) * valid), tf.reduce_sum(valid))
+        return metrics
+
+    def _losses(self, batch: Dict[str, tf.Tensor],
+                keys: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
         train = self.config.train
         metrics = {}
         if self.mode == "pretrain":
             views = [batch["view1"], batch["view2"]]
             outputs = self.model(views, training=True)
+            memory = self.config.memory
             queue = valid = None
             if self.queue is not None:
-                queue, valid = self.queue.keys, self.queue.valid
-            contrast = nt_xent_loss(outputs["proj_head_output"], train.temperature,
-                                    train.hidden_norm, queue=queue, queue_valid=valid)
+                queue, valid = self._queue_negatives(batch)
+            contrast = nt_xent_loss(
+                outputs["proj_head_output"], train.temperature, train.hidden_norm,
+                queue=queue, queue_valid=valid,
+                queue_temperature=memory.queue_temperature or None,
+                keys=keys if memory.contrast_keys == "momentum" else None,
+                queue_weight=memory.queue_weight)
             loss = contrast.loss
             metrics.update(contrast_loss=contrast.loss,
                            contrast_acc=contrast.accuracy,
-                           contrast_entropy=contrast.entropy)
-            if "logits_sup" in outputs and "label" in batch:
+                           contrast_entropy=contrast.entropy,
+                           cos_positive=contrast.positive_cosine,
+                           cos_negative=contrast.negative_cosine,
+                           erank_projection=effective_rank(outputs["proj_head_output"]),
+                           erank_backbone=effective_rank(outputs["final_avg_pool"]))
+            if self.queue is not None:
+                metrics["cos_queue"] = contrast.queue_cosine
+                metrics.update(self._memory_diagnostics(batch, outputs, keys, queue))
+            if "logits_sup" in outputs and "label" in batch:  # the online probe
                 labels = tf.concat([batch["label"], batch["label"]], axis=0)
-                sup, acc = supervised_loss(labels, outputs["logits_sup"])
-                loss += sup
-                metrics.update(sup_loss=sup, sup_acc=acc)
+                probe, acc = supervised_loss(labels, outputs["logits_sup"])
+                metrics.update(probe_loss=probe, probe_acc=acc)
         elif self.mode == "distill":
             outputs = self.model(batch["image"], training=True)
             logits = outputs["logits_sup"]
@@ -200,7 +270,7 @@ class Learner(tf.Module):
             sup, acc = supervised_loss(batch["label"], logits)
             loss = sup
             metrics.update(sup_loss=sup, sup_acc=acc)
-        decay = weight_decay_loss(train.optimizer, self.model.trainable_variables,
+        decay = weight_decay_loss(train.optimizer, self._trained_variables()[0],
                                   train.weight_decay)
         metrics["weight_decay_loss"] = decay
         metrics["loss"] = loss + tf.cast(decay, loss.dtype)
@@ -219,24 +289,32 @@ class Learner(tf.Module):
         if self.momentum_encoder is not None:
             views = [batch["view1"], batch["view2"]]
             keys = self.momentum_encoder.target(views, training=True)["proj_head_output"]
+            keys = tf.cast(keys, tf.float32)
             if self.config.train.hidden_norm:
                 keys = tf.math.l2_normalize(keys, axis=-1)
-        variables = self.model.trainable_variables
+        variables, probe_variables = self._trained_variables()
         with tf.GradientTape() as tape:
-            metrics = self._losses(batch)
-            scaled = metrics["loss"] / _num_replicas()
+            metrics = self._losses(batch, keys)
+            # The probe reads stop-gradient features: its loss reaches only
+            # its own variables, the objective only the others.
+            total = metrics["loss"] + metrics.get("probe_loss", 0.0)
+            scaled = total / _num_replicas()
             if self.loss_scaling:
                 scaled = self.optimizer.get_scaled_loss(scaled)
-        grads = tape.gradient(scaled, variables)
+        grads = tape.gradient(scaled, variables + probe_variables)
         if self.loss_scaling:
             grads = self.optimizer.get_unscaled_gradients(grads)
-        # Variables outside this step's loss (e.g. the linear head of a
-        # pretraining batch without labels) have no gradient.
+        # Variables outside this step's loss (e.g. the probe on a pretraining
+        # batch without labels) have no gradient.
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, variables) if g is not None])
+        if probe_variables:
+            self.probe_optimizer.apply_gradients(
+                [(g, v) for g, v in zip(grads[len(variables):], probe_variables)
+                 if g is not None])
         if self.momentum_encoder is not None:
             self.momentum_encoder.update()
-            self.queue.enqueue(keys, num_views=2)
+            self.queue.enqueue(keys, num_views=2, ids=batch.get("index"))
         metrics["learning_rate"] = self.learning_rate(self.optimizer.iterations - 1)
         return metrics
 

@@ -25,6 +25,7 @@ from simclr_tf2.data.sources import DataError
 from simclr_tf2.export.hub import export_hub_modules
 from simclr_tf2.export.official import (OfficialImportError, import_official_variables,
                                         is_savedmodel_dir)
+from simclr_tf2.monitors.knn_monitor import KnnMonitor, monitor_indices
 from simclr_tf2.training.bn_stats import recompute_bn_statistics
 from simclr_tf2.training.learner import Learner, schedule_steps
 from simclr_tf2.training.teacher import load_teacher
@@ -40,6 +41,7 @@ STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker_mirrored", "one_device")
 CONFIG_FILE = "config.json"
 RESULT_FILE = "result.json"
 SUBSET_FILE = "labelled_ids.txt"
+MONITOR_FILE = "monitor.json"
 
 
 class RunError(RuntimeError):
@@ -265,7 +267,7 @@ def init_from_checkpoint(model: tf_keras.Model, path: str) -> Dict[str, List[str
     reader = tf.train.load_checkpoint(path)
     for key in report["restored"]:
         wanted[key].assign(reader.get_tensor(key))
-    log.warning("initialised from %s: %d variables restored, %d not in the checkpoint "
+    log.info("initialised from %s: %d variables restored, %d not in the checkpoint "
                 "(kept as initialised)%s, %d checkpoint variables unused%s", path,
                 len(report["restored"]), len(report["missing"]),
                 f" e.g. {report['missing'][:3]}" if report["missing"] else "",
@@ -286,6 +288,14 @@ def init_model(model: tf_keras.Model, path: str):
 
 
 # ------------------------------------------------------------------ trainer
+def _say(verbose: bool, message: str) -> None:
+    """A normal event: a plain line on the console when verbose, and info
+    in the log."""
+    log.info(message)
+    if verbose:
+        print(message, flush=True)
+
+
 def _format_time(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     hours, rest = divmod(seconds, 3600)
@@ -300,8 +310,15 @@ class SimCLRTrainer(orbit.StandardTrainer):
     """Runs `Learner.distributed_step` in orbit's loop; averages metrics per loop."""
 
     METRICS = ("loss", "contrast_loss", "contrast_acc", "contrast_entropy",
-               "sup_loss", "sup_acc", "distill_loss", "teacher_agreement",
-               "weight_decay_loss", "learning_rate")
+               "probe_loss", "probe_acc", "sup_loss", "sup_acc", "distill_loss",
+               "teacher_agreement",
+               "weight_decay_loss", "learning_rate", "erank_projection",
+               "erank_backbone", "cos_positive", "cos_negative", "cos_queue",
+               "queue_mean_norm", "online_momentum_cos", "queue_own_images")
+    # Printed on a second line when the run has a memory.
+    MEMORY_METRICS = ("erank_projection", "erank_backbone", "cos_positive", "cos_negative",
+                      "cos_queue", "queue_mean_norm", "online_momentum_cos",
+                      "queue_own_images")
 
     def __init__(self, learner: Learner, strategy, dataset, total_steps: int,
                  global_batch: int, verbose: bool = True):
@@ -348,14 +365,20 @@ class SimCLRTrainer(orbit.StandardTrainer):
         rate = (step - self._run_start_step) / max(time.time() - self._run_start, 1e-9)
         eta = (self.total_steps - step) / rate if rate > 0 else 0.0
         if self.verbose:
+            # Pretraining: the contrastive objective first, then the probe.
+            first = ("contrast_loss",) if "contrast_loss" in results else ("loss",)
             shown = " ".join(f"{k} {results[k]:.4g}" for k in
-                             ("loss", "contrast_loss", "contrast_acc", "sup_loss",
-                              "sup_acc", "distill_loss", "teacher_agreement",
-                              "learning_rate")
+                             first + ("contrast_acc", "probe_loss", "probe_acc",
+                                      "sup_loss", "sup_acc", "distill_loss",
+                                      "teacher_agreement", "learning_rate")
                              if k in results)
             print(f"step {step}/{self.total_steps} {shown} | "
                   f"{results['images_per_second']:.1f} img/s | ETA "
                   f"{_format_time(eta)}", flush=True)
+            if "cos_queue" in results:
+                print("  memory: " + " ".join(f"{k} {results[k]:.3g}" for k in
+                                             self.MEMORY_METRICS if k in results),
+                      flush=True)
         return results
 
 
@@ -430,10 +453,15 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
         step_counter=learner.step, checkpoint_interval=config.train.checkpoint_interval)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log.warning("resuming from %s at step %d", manager.latest_checkpoint,
-                    int(learner.step.numpy()))
+        _say(verbose, f"resuming from {manager.latest_checkpoint} at step "
+                      f"{int(learner.step.numpy())}")
     elif run_config.checkpoint:
-        init_model(learner.model, run_config.checkpoint)
+        report = init_model(learner.model, run_config.checkpoint)
+        _say(verbose, f"initialised from {run_config.checkpoint}: "
+                      + (report.summary() if hasattr(report, "summary") else
+                         f"{len(report['restored'])} variables restored, "
+                         f"{len(report['missing'])} not in the checkpoint, "
+                         f"{len(report['unused'])} checkpoint variables unused"))
         if learner.momentum_encoder is not None:
             learner.momentum_encoder.copy_online()
         head = learner.model.supervised_head
@@ -442,8 +470,7 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
             # just restored; zero_init_logits_layer means start from zero.
             for weight in head.trainable_weights:
                 weight.assign(tf.zeros_like(weight))
-            log.warning("zero_init_logits_layer: supervised head set to zero after "
-                        "restoring the checkpoint")
+            _say(verbose, "zero_init_logits_layer: the supervised head starts at zero")
     start = int(learner.step.numpy())
     pipeline_mode = "pretrain" if mode == "pretrain" else "finetune"
     if (mode == "linear_eval" and config.train.linear_eval_cache_features
@@ -459,17 +486,36 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
     trainer = SimCLRTrainer(learner, strategy, dataset, steps.total_steps,
                             global_batch, verbose=verbose)
     summary_dir = os.path.join(run_config.model_dir, "summaries", "train") if chief else None
+    monitor = None
+    if mode == "pretrain" and config.monitor.knn_interval > 0:
+        monitor = knn_monitor(config, source, strategy, learner, verbose)
     controller = orbit.Controller(
-        global_step=learner.step, trainer=trainer, strategy=strategy,
+        global_step=learner.step, trainer=trainer, strategy=strategy, evaluator=monitor,
         steps_per_loop=config.train.steps_per_loop, checkpoint_manager=manager,
         summary_interval=config.train.summary_interval if chief else None,
-        summary_dir=summary_dir)
+        summary_dir=summary_dir,
+        eval_summary_dir=(os.path.join(run_config.model_dir, "summaries", "monitor")
+                          if chief and monitor else None))
     if chief and start == 0:
         _image_summaries(summary_dir, config, source, indices, pipeline_mode)
     if verbose:
         print(f"{mode}: {len(indices)} examples, batch {global_batch} on {replicas} "
               f"replica(s), steps {start} -> {steps.total_steps}", flush=True)
-    if start < steps.total_steps:
+    run_start = time.time()
+    if start < steps.total_steps and monitor is not None:
+        loop = config.train.steps_per_loop  # whole loops between reports
+        controller.train_and_evaluate(
+            train_steps=steps.total_steps, eval_steps=1,
+            eval_interval=-(-config.monitor.knn_interval // loop) * loop)
+        record = {"history": monitor.history, "monitor_seconds": monitor.seconds,
+                  "run_seconds": time.time() - run_start}
+        if verbose:
+            print(f"monitor: {len(monitor.history)} reports took {monitor.seconds:.1f}s "
+                  f"({100 * monitor.seconds / max(record['run_seconds'], 1e-9):.1f}% "
+                  "of the run)", flush=True)
+        if chief:
+            _write_json(os.path.join(run_config.model_dir, MONITOR_FILE), record)
+    elif start < steps.total_steps:
         controller.train(steps=steps.total_steps)
     if config.train.bn_recompute and mode != "pretrain":
         recompute_bn(config, strategy, learner, source, indices, verbose)
@@ -480,6 +526,32 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
     if not chief:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return learner
+
+
+def knn_monitor(config: ExperimentConfig, source, strategy, learner: Learner,
+                verbose: bool = True) -> KnnMonitor:
+    """The kNN monitor of a pretraining run: its bank is (a seeded subset
+    of) the labelled training split, its queries the eval split; without
+    labels on either, the bank is the run's own images and only the
+    effective rank is reported."""
+    monitor = config.monitor
+    try:
+        bank = make_source(config.data, config.data.train_split, labelled=True)
+        queries = make_source(config.data, config.data.eval_split, labelled=True)
+        if (bank.labels < 0).any() or (queries.labels < 0).any():
+            raise DataError("unlabeled")
+    except DataError:
+        bank, queries = source, None
+        if verbose:
+            print("kNN monitor: the data has no labels (or no eval split): it reports "
+                  "the effective rank only", flush=True)
+    return KnnMonitor(
+        learner.model, config.data, bank, queries, config.train.eval_batch_size,
+        monitor.knn_k, monitor.knn_temperature,
+        bank_indices=monitor_indices(len(bank), monitor.knn_bank_size, config.data.seed),
+        query_indices=(None if queries is None else monitor_indices(
+            len(queries), monitor.knn_eval_size, config.data.seed)),
+        strategy=strategy, step=learner.step, verbose=verbose)
 
 
 def bn_recompute_order(config: ExperimentConfig, source, indices) -> np.ndarray:
@@ -699,6 +771,11 @@ def run(config: ExperimentConfig, run_config: RunConfig, verbose: bool = True,
         data = prepare_data(config, run_config, mode, write=False)
         _supervised_classes(config, data[0])
         schedule_steps(config, len(data[1]))
+        if (mode == "pretrain" and config.train.lineareval_while_pretraining
+                and not (np.asarray(data[0].labels) >= 0).any()):
+            config = config.override(**{"train.lineareval_while_pretraining": False})
+            _say(verbose, "the training images have no labels: no online linear probe "
+                          "(lineareval_while_pretraining off for this run)")
     if run_config.mode in ("eval", "train_then_eval"):  # before training, not after
         make_source(config.data, run_config.eval_split or config.data.eval_split,
                     labelled=True)
@@ -731,6 +808,13 @@ def run(config: ExperimentConfig, run_config: RunConfig, verbose: bool = True,
         export = None
         if learner is not None and config.export.export_at_end:
             export = export_at_end(config, run_config, strategy, learner, verbose)
-        return {"learner": learner, "result": result, "export": export}
+        monitor = None
+        monitor_path = os.path.join(run_config.model_dir, MONITOR_FILE)
+        if mode == "pretrain" and tf.io.gfile.exists(monitor_path):
+            with tf.io.gfile.GFile(monitor_path) as f:
+                history = json.load(f)["history"]
+            monitor = history[-1] if history else None
+        return {"learner": learner, "result": result, "export": export,
+                "monitor": monitor}
     finally:
         tf_keras.mixed_precision.set_global_policy("float32")
