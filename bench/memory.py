@@ -3,10 +3,11 @@ and where it pays.
 
     python bench/memory.py --part hypotheses [--seeds 0] [--jobs 2]
     python bench/memory.py --part batch [--seeds 0 1 2] [--jobs 2]
+    python bench/memory.py --part digits [--seeds 0 1 2] [--jobs 2]
 
-Every arm pretrains the mnist5k recipe (flags/mnist5k_pretrain.cfg, tiny
-ResNet-18) for EPOCHS epochs with its own flags and pretraining seed = seed,
-then is measured four ways, each with the same seed:
+Every mnist5k arm pretrains the mnist5k recipe (flags/mnist5k_pretrain.cfg,
+tiny ResNet-18) for EPOCHS epochs with its own flags and pretraining seed =
+seed, then is measured four ways, each with the same seed:
 - the representation of the 4000 training images (eval view, inference
   mode): effective rank of the backbone output and of the projection output,
   and weighted kNN top-1 (k=200, temperature 0.1) of the 1000 test images
@@ -15,12 +16,15 @@ then is measured four ways, each with the same seed:
 - fine-tuning on 1% of the labels (flags/mnist5k_finetune_1pct.cfg, the
   main table's recipe).
 `--part hypotheses` runs the arms that separate the explanations of the
-memory's damage (HYPOTHESIS_ARMS, batch 128); `--part batch` compares no
-memory with the memory at batch 32 and 128 (BATCH_ARMS) at equal epochs.
-Finished stages are reused (an interrupted run resumes); `--jobs N` runs arms
-in N worker processes of cores / N threads. Writes <workdir>/report_<part>.json
-(printed too) and, for the batch part, <workdir>/memory_batch.png.
-`--quick` runs a few steps per stage: it checks the script, not the numbers.
+damage the paper's memory did (HYPOTHESIS_ARMS, batch 128 unless named);
+`--part batch` compares no memory with the default memory at batch 32 and
+128 (BATCH_ARMS) at equal epochs; `--part digits` runs the demo's own
+flagfiles (digits, fine-tuning on 10% of the labels) with and without the
+memory. Finished stages are reused (an interrupted run resumes); `--jobs N`
+runs arms in N worker processes of cores / N threads. Writes
+<workdir>/report_<part>.json (printed too) and, for the batch part,
+<workdir>/memory_batch.png. `--quick` runs a few steps per stage: it checks
+the script, not the numbers.
 """
 import argparse
 import json
@@ -40,6 +44,10 @@ from distill import stage  # noqa: E402
 from semisupervised import SEEDS_ARGS, supervised_args  # noqa: E402
 
 EPOCHS = 10
+# The hypothesis arms were run when the memory contrasted the online
+# projections with the queue (SimCLRv2's description), now
+# --memory_contrast_keys=online; the batch and digits parts measure the
+# default memory (--memory_contrast_keys=both).
 MEMORY = ["--queue_size=1024", "--memory_momentum=0.99"]
 # (name, pretraining flags); batch 128 (the flagfile's), temperature 0.5
 # unless the flags say otherwise.
@@ -71,23 +79,55 @@ HYPOTHESIS_ARMS = [
     ("memory, learning rate 0.1", [*MEMORY, "--learning_rate=0.1"]),
     ("memory, MoCo keys, temperature 0.2",
      [*MEMORY, "--memory_contrast_keys=momentum", "--temperature=0.2"]),
+    # Third round, batch 32: what stops the online network escaping the keys.
+    ("no memory, batch 32", ["--train_batch_size=32"]),
+    ("no memory, temperature 0.2, batch 32", ["--train_batch_size=32", "--temperature=0.2"]),
+    ("memory, MoCo keys, batch 32",
+     [*MEMORY, "--memory_contrast_keys=momentum", "--train_batch_size=32"]),
+    ("memory, MoCo keys, temperature 0.2, batch 32",
+     [*MEMORY, "--memory_contrast_keys=momentum", "--temperature=0.2",
+      "--train_batch_size=32"]),
+    ("memory, momentum 0, queue 256, batch 32",
+     ["--queue_size=256", "--memory_momentum=0", "--train_batch_size=32"]),
+    ("memory, temperature 0.2, batch 32",
+     [*MEMORY, "--temperature=0.2", "--train_batch_size=32"]),
+    ("memory, SimCLR and MoCo losses, batch 32",
+     [*MEMORY, "--memory_contrast_keys=both", "--train_batch_size=32"]),
+    ("memory, SimCLR and MoCo losses", [*MEMORY, "--memory_contrast_keys=both"]),
+    ("memory, SimCLR and MoCo losses, momentum 0.9",
+     ["--queue_size=1024", "--memory_momentum=0.9", "--memory_contrast_keys=both"]),
+    ("memory, SimCLR and MoCo losses, momentum 0.9, batch 32",
+     ["--queue_size=1024", "--memory_momentum=0.9", "--memory_contrast_keys=both",
+      "--train_batch_size=32"]),
+    ("memory, SimCLR and MoCo losses, queue 256",
+     ["--queue_size=256", "--memory_momentum=0.99", "--memory_contrast_keys=both"]),
 ]
+# Memory arms without a --memory_contrast_keys flag ran with "online".
+HYPOTHESIS_ARMS = [
+    (name, flags + ["--memory_contrast_keys=online"]
+     if any(f.startswith("--queue_size=") and f != "--queue_size=0" for f in flags)
+     and not any(f.startswith("--memory_contrast_keys") for f in flags) else flags)
+    for name, flags in HYPOTHESIS_ARMS]
 BATCH_ARMS = [(f"{name}, batch {batch}", [f"--train_batch_size={batch}", *flags])
               for batch in (32, 128)
               for name, flags in (("no memory", []), ("memory", MEMORY))]
 
 
-def control_of(arm, part):
-    """The no-memory arm a memory arm is paired with: same temperature (or
-    batch), otherwise the plain control."""
+SHARED_SETTINGS = ("temperature ", "learning rate ", "batch ")
+
+
+# The demo (flags/digits_pretrain.cfg) with and without its memory.
+DIGITS_ARMS = [("no memory", ["--queue_size=0"]), ("memory", [])]
+
+
+def control_of(arm):
+    """The no-memory arm a memory arm is paired with: the one with the same
+    temperature, learning rate and batch size (settings named in the arm's
+    name), otherwise the plain control."""
     if not arm.startswith("memory"):
         return arm
-    if part == "batch":
-        return arm.replace("memory,", "no memory,", 1)
-    for setting in ("temperature 0.2", "temperature 0.1", "learning rate 0.1"):
-        if setting in arm and "queue " + setting not in arm:
-            return f"no memory, {setting}"
-    return "no memory"
+    shared = [s for s in arm.split(", ")[1:] if s.startswith(SHARED_SETTINGS)]
+    return ", ".join(["no memory", *shared])
 
 
 def _slug(name):
@@ -130,23 +170,34 @@ def probe(pretrain_dir, seed, quick):
     return report
 
 
-def run_arm(workdir, name, flags, seed, quick):
+# Per dataset: the pretraining flagfile and flags every arm shares, and the
+# supervised stages that measure it ({measure: (flagfile, flags(seed))}).
+RECIPES = {
+    "mnist5k": ("mnist5k_pretrain.cfg", [f"--train_epochs={EPOCHS}"], {
+        "linear_eval_10pct": ("mnist5k_linear_eval.cfg",
+                              lambda seed: supervised_args(0.1, seed, epochs=False)),
+        "finetune_1pct": ("mnist5k_finetune_1pct.cfg",
+                          lambda seed: supervised_args(0.01, seed))}),
+    # The demo's own recipe: its flagfiles as they are.
+    "digits": ("digits_pretrain.cfg", [], {
+        "finetune_10pct": ("digits_finetune_10pct.cfg", SEEDS_ARGS)}),
+}
+
+
+def run_arm(workdir, name, flags, seed, quick, dataset="mnist5k"):
     """Pretrains one arm for one seed and measures it; returns its record."""
+    pretrain_flagfile, shared, stages = RECIPES[dataset]
     pre_dir = os.path.join(workdir, _slug(name), f"seed{seed}")
-    pretrain = stage("mnist5k_pretrain.cfg", os.path.join(pre_dir, "pretrain"),
-                     [f"--train_epochs={EPOCHS}", *SEEDS_ARGS(seed), *flags,
-                      "--export_at_end=false"], quick, verbose=False)
+    pretrain = stage(pretrain_flagfile, os.path.join(pre_dir, "pretrain"),
+                     [*shared, *SEEDS_ARGS(seed), *flags, "--export_at_end=false"], quick,
+                     verbose=False)
     record = {"arm": name, "seed": seed, "flags": flags, "pretrain": pretrain,
               "probe": probe(os.path.join(pre_dir, "pretrain"), seed, quick)}
     checkpoint = f"--checkpoint={os.path.join(pre_dir, 'pretrain')}"
-    record["linear_eval_10pct"] = stage(
-        "mnist5k_linear_eval.cfg", os.path.join(pre_dir, "linear_eval_10pct"),
-        [*supervised_args(0.1, seed, epochs=False), checkpoint, "--noexport_at_end"],
-        quick, verbose=False)["top1"]
-    record["finetune_1pct"] = stage(
-        "mnist5k_finetune_1pct.cfg", os.path.join(pre_dir, "finetune_1pct"),
-        [*supervised_args(0.01, seed), checkpoint, "--noexport_at_end"],
-        quick, verbose=False)["top1"]
+    for measure, (flagfile, stage_flags) in stages.items():
+        record[measure] = stage(flagfile, os.path.join(pre_dir, measure),
+                                [*stage_flags(seed), checkpoint, "--noexport_at_end"],
+                                quick, verbose=False)["top1"]
     return record
 
 
@@ -157,24 +208,25 @@ def _worker_threads(threads):
     absl_logging.set_verbosity(absl_logging.WARNING)
 
 
-def run_arms(workdir, arms, seeds, quick, jobs=1):
+def run_arms(workdir, arms, seeds, quick, jobs=1, dataset="mnist5k"):
     """Every (arm, seed) record, in arm then seed order."""
     tasks = [(name, flags, seed) for name, flags in arms for seed in seeds]
     if jobs <= 1:
-        return [run_arm(workdir, *task, quick) for task in tasks]
+        return [run_arm(workdir, *task, quick, dataset) for task in tasks]
     import concurrent.futures
     import multiprocessing
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with concurrent.futures.ProcessPoolExecutor(
             jobs, mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_threads, initargs=(threads,)) as pool:
-        futures = [pool.submit(run_arm, workdir, *task, quick) for task in tasks]
+        futures = [pool.submit(run_arm, workdir, *task, quick, dataset) for task in tasks]
         return [f.result() for f in futures]
 
 
 MEASURES = {
     "finetune_1pct": lambda r: 100 * r["finetune_1pct"],
     "linear_eval_10pct": lambda r: 100 * r["linear_eval_10pct"],
+    "finetune_10pct": lambda r: 100 * r["finetune_10pct"],
     "knn_backbone": lambda r: 100 * r["probe"].get("knn_top1_final_avg_pool", np.nan),
     "knn_projection": lambda r: 100 * r["probe"].get("knn_top1_proj_head_output", np.nan),
     "erank_backbone": lambda r: r["probe"]["erank_final_avg_pool"],
@@ -195,6 +247,8 @@ def summarise(records, control):
                "pretrain_seconds": [r["pretrain"]["seconds"] for r in arm_records]}
         base = {r["seed"]: r for r in by_arm.get(control(arm), [])}
         for measure, get in MEASURES.items():
+            if measure.startswith(("finetune", "linear")) and measure not in arm_records[0]:
+                continue  # not a stage of this dataset's recipe
             values = [get(r) for r in arm_records]
             entry = {"values": values, "mean": float(np.mean(values))}
             paired = [v - get(base[r["seed"]]) for v, r in zip(values, arm_records)
@@ -236,7 +290,8 @@ def plot(rows, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "bench_memory"))
-    parser.add_argument("--part", choices=["hypotheses", "batch"], default="batch")
+    parser.add_argument("--part", choices=["hypotheses", "batch", "digits"],
+                        default="batch")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="*", default=None,
                         help="run only the arms whose names contain one of these")
@@ -246,14 +301,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     absl_logging.set_verbosity(absl_logging.WARNING)
-    arms = HYPOTHESIS_ARMS if args.part == "hypotheses" else BATCH_ARMS
+    arms = {"hypotheses": HYPOTHESIS_ARMS, "batch": BATCH_ARMS,
+            "digits": DIGITS_ARMS}[args.part]
     if args.arms:
         arms = [a for a in arms if any(s in a[0] for s in args.arms)]
-    control = lambda arm: control_of(arm, args.part)  # noqa: E731
     start = time.time()
-    records = run_arms(args.workdir, arms, args.seeds, args.quick, args.jobs)
-    rows = summarise(records, control)
-    report = {"benchmark": f"memory_mnist5k_{args.part}", "quick": args.quick,
+    dataset = "digits" if args.part == "digits" else "mnist5k"
+    records = run_arms(args.workdir, arms, args.seeds, args.quick, args.jobs, dataset)
+    rows = summarise(records, control_of)
+    report = {"benchmark": f"memory_{dataset}_{args.part}", "quick": args.quick,
               "seeds": args.seeds, "pretrain_epochs": EPOCHS, "rows": rows,
               "records": records, "total_seconds": time.time() - start,
               "machine": {"platform": platform.platform(),

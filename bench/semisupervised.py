@@ -217,7 +217,8 @@ ABLATION_EPOCHS = 10
 ABLATIONS = [
     ("head: 3 layers fine-tuned from layer 1 (v2) vs 2 layers from layer 0 (v1)",
      ([], []), (["--num_proj_layers=2"], ["--num_proj_layers=2", "--ft_proj_selector=0"])),
-    ("memory: queue of 1024 negatives + momentum encoder (0.99) vs none",
+    ("memory: queue of 1024 keys + momentum encoder (0.99), the default memory "
+     "(SimCLR and MoCo losses) vs none",
      ([], []), (["--queue_size=1024", "--memory_momentum=0.99"], [])),
     ("width: ResNet-18 at 1/2 width vs 1/4 width",
      ([], []), (["--width_multiplier=0.5"], ["--width_multiplier=0.5"])),
@@ -227,12 +228,15 @@ ABLATIONS = [
 ]
 
 
-def ablation_part(workdir, seeds, quick, fraction=0.01):
-    """Each arm: pretrain (seed 0), then fine-tune on `fraction` per seed."""
+def ablation_part(workdir, seeds, quick, fraction=0.01, only=None):
+    """Each arm: pretrain (seed 0), then fine-tune on `fraction` per seed.
+    `only`: the ablations whose names start with one of these words."""
     epochs = [f"--train_epochs={ABLATION_EPOCHS}"]
     arms = {}
     rows = []
     for name, control, variant in ABLATIONS:
+        if only and not name.startswith(tuple(only)):
+            continue
         row = {"ablation": name, "arms": {}}
         for label, (pre_flags, ft_flags) in (("control", control), ("variant", variant)):
             key = " ".join(pre_flags) or "base"
@@ -355,6 +359,9 @@ def main(argv=None):
                         help="main and variants parts: an existing "
                         "mnist5k_pretrain.cfg run to reuse")
     parser.add_argument("--distill_fractions", type=float, nargs="*", default=[0.01, 0.1])
+    parser.add_argument("--ablations", nargs="*", default=None,
+                        help="ablations part: only the rows whose names start with "
+                        "these words (head, memory, width, selective)")
     parser.add_argument("--quick", action="store_true",
                         help="a few steps per stage: checks the script, not the numbers")
     parser.add_argument("--jobs", type=int, default=1,
@@ -375,7 +382,8 @@ def main(argv=None):
         report["targets"] = targets(report["summary"], report["pretrain"])
         plot(report["summary"], os.path.join(args.workdir, "semisupervised_mnist5k.png"))
     elif args.part == "ablations":
-        report.update(ablation_part(args.workdir, args.seeds, args.quick))
+        report.update(ablation_part(args.workdir, args.seeds, args.quick,
+                                    only=args.ablations))
     else:
         report.update(variants_part(args.workdir, args.seeds, args.quick, args.pretrain_dir))
     report["total_seconds"] = time.time() - start

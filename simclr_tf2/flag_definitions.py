@@ -124,10 +124,12 @@ CONFIG_FLAGS: Dict[str, Tuple[str, str]] = {
     # memory
     "memory.queue_size": ("queue_size", "Memory queue of negatives (0 = plain SimCLR)."),
     "memory.momentum": ("memory_momentum", "Momentum-encoder EMA decay."),
-    "memory.contrast_keys": ("memory_contrast_keys", "With memory: anchors are "
-                             "contrasted with the online network's projections "
-                             "(online) or with the momentum encoder's keys (momentum, "
-                             "as in MoCo); the queue always holds momentum keys."),
+    "memory.contrast_keys": ("memory_contrast_keys", "With memory: both (default: "
+                             "SimCLR's loss among the online projections averaged with "
+                             "a MoCo-style loss against the momentum encoder's keys and "
+                             "the queue), online (the online projections plus the queue "
+                             "as extra negatives: the paper's description, which "
+                             "collapses on mnist5k) or momentum (MoCo: keys only)."),
     "memory.queue_temperature": ("queue_temperature", "With memory: temperature of the "
                                  "logits against queued keys (0 = --temperature)."),
     "memory.queue_weight": ("queue_weight", "With memory: each queued key counts as "

@@ -144,6 +144,13 @@ def test_ablations_pair_each_variant_with_its_control(fake_run, tmp_path, capsys
     assert {c.train.train_epochs for c, _ in pretrains} == {semisupervised.ABLATION_EPOCHS}
     memory_arm = next(c for c, rc in pretrains if "queue" in rc.model_dir)
     assert memory_arm.memory.queue_size == 1024 and memory_arm.memory.momentum == 0.99
+    # --ablations picks rows; finished arms are reused.
+    calls = len(fake_run.calls)
+    only = _quiet_main(semisupervised, ["--part", "ablations", "--seeds", "0", "2",
+                                        "--workdir", str(tmp_path), "--ablations", "memory"],
+                       capsys)
+    assert [r["ablation"].split(":")[0] for r in only["rows"]] == ["memory"]
+    assert only["rows"][0] == rows[1] and len(fake_run.calls) == calls
 
 
 def test_variants_reach_their_runs_configs(fake_run, tmp_path, capsys):
@@ -232,9 +239,19 @@ def test_memory_benchmark_pairs_each_arm_with_its_control(fake_run, tmp_path, ca
                                        control[measure]["values"])])
         assert "minus_control" not in control["finetune_1pct"]
     assert os.path.getsize(os.path.join(str(tmp_path), "memory_batch.png")) > 10000
-    assert memory.control_of("memory, temperature 0.2", "hypotheses") == \
-        "no memory, temperature 0.2"
-    assert memory.control_of("memory, queue temperature 0.1", "hypotheses") == "no memory"
+    # The digits part: the demo's own flagfiles, measured by 10%-label fine-tuning.
+    digits = _quiet_main(memory, ["--part", "digits", "--seeds", "0",
+                                  "--workdir", str(tmp_path / "digits")], capsys)
+    assert digits["benchmark"] == "memory_digits_digits"
+    assert [r["arm"] for r in digits["rows"]] == ["no memory", "memory"]
+    assert "finetune_10pct" in digits["rows"][1] and "finetune_1pct" not in digits["rows"][1]
+    demo = [c for c, rc in fake_run.calls if "digits" in rc.model_dir]
+    assert {c.data.dataset for c in demo} == {"digits"}
+    assert sorted(c.memory.queue_size for c in demo if c.train.train_epochs == 15) == [0, 256]
+    assert memory.control_of("memory, temperature 0.2, batch 32") == \
+        "no memory, temperature 0.2, batch 32"
+    assert memory.control_of("memory, queue temperature 0.1") == "no memory"
+    assert memory.control_of("no memory, batch 32") == "no memory, batch 32"
 
 
 def test_one_real_stage_trains_on_its_labelled_subset(tmp_path):

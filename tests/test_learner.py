@@ -271,3 +271,25 @@ def test_memory_diagnostics_report_the_queue_and_the_batch():
         np.linalg.norm(keys.mean(0)), rel=1e-4)
     for name in ("erank_projection", "erank_backbone"):
         assert 1.0 <= float(second[name]) <= 16.0, name
+
+
+@pytest.mark.parametrize("contrast_keys", ["momentum", "both"])
+def test_momentum_keys_enter_the_loss_as_configured(contrast_keys):
+    """momentum: anchors against the momentum encoder's keys (MoCo); both:
+    the mean of that loss and SimCLR's loss among the online projections."""
+    from simclr_tf2.objectives import nt_xent_loss
+    config = _config(batch=8, queue=32, **{"memory.contrast_keys": contrast_keys})
+    learner = Learner(config, "pretrain", total_steps=5)
+    batch = _pretrain_batch(8, labels=False)
+    learner.replica_step(batch)  # fills part of the queue
+    views = [batch["view1"], batch["view2"]]
+    online = learner.model(views, training=True)["proj_head_output"]
+    keys = tf.math.l2_normalize(
+        learner.momentum_encoder.target(views, training=True)["proj_head_output"], -1)
+    queue, valid = learner.queue.keys.numpy(), learner.queue.valid.numpy()
+    t = config.train.temperature
+    moco = nt_xent_loss(online, t, queue=queue, queue_valid=valid, keys=keys).loss
+    expected = moco if contrast_keys == "momentum" else (
+        moco + nt_xent_loss(online, t).loss) / 2
+    metrics = learner.replica_step(batch)
+    assert float(metrics["contrast_loss"]) == pytest.approx(float(expected), rel=1e-4)

@@ -7,8 +7,8 @@ temperature 0.5, colour strength 0.5, no blur, 3x3 stem).
 """
 from typing import Dict, List
 
-from simclr_tf2.configs.schema import (DataConfig, ExperimentConfig,
-                                       MemoryConfig, ModelConfig, TrainConfig)
+from simclr_tf2.configs.schema import (DataConfig, ExperimentConfig, MemoryConfig,
+                                       ModelConfig, MonitorConfig, TrainConfig)
 
 # sk_ratio of every released selective-kernel model.
 RELEASED_SK_RATIO = 0.0625
@@ -49,7 +49,8 @@ def _cifar_preset(depth: int) -> ExperimentConfig:
 
 
 def _tiny_preset() -> ExperimentConfig:
-    """A ResNet-18 at quarter width on 32 px digits: seconds per step on a CPU."""
+    """A ResNet-18 at quarter width on 32 px digits: seconds per step on a CPU.
+    The kNN monitor is off (tests); the demo's flagfiles turn it on."""
     return ExperimentConfig(
         model=ModelConfig(depth=18, width_multiplier=0.25, cifar_stem=True,
                           proj_out_dim=32, num_classes=10),
@@ -61,6 +62,7 @@ def _tiny_preset() -> ExperimentConfig:
                           weight_decay=1e-4, temperature=0.5,
                           steps_per_loop=10, summary_interval=10,
                           checkpoint_interval=50),
+        monitor=MonitorConfig(knn_interval=0),
     )
 
 

@@ -16,7 +16,7 @@ OPTIMIZERS = ("lars", "momentum", "adam")
 LR_SCALINGS = ("linear", "sqrt")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 BN_RECOMPUTE_IMAGES = ("labelled", "all")
-CONTRAST_KEYS = ("online", "momentum")
+CONTRAST_KEYS = ("online", "momentum", "both")
 
 
 def check(condition: bool, message: str) -> None:
@@ -214,11 +214,16 @@ class MemoryConfig:
     # Number of queued keys; 0 means plain SimCLR (no memory).
     queue_size: int = 0
     momentum: float = 0.999
-    # Whose projections each anchor is contrasted with (its positive and the
-    # in-batch negatives): "online" (the network being trained, as in SimCLR)
-    # or "momentum" (the momentum encoder's keys, as in MoCo). The queue
-    # always holds momentum-encoder keys.
-    contrast_keys: str = "online"
+    # What each anchor (an online projection) is contrasted with:
+    # "both" (default): the mean of SimCLR's loss among the online
+    #   projections and a MoCo-style loss whose positive and in-batch
+    #   negatives are the momentum encoder's keys, plus the queue;
+    # "online": the online projections, plus the queue as extra negatives
+    #   (SimCLRv2's description). Nothing ties the online network to the
+    #   momentum encoder then, and on mnist5k it escapes the queued keys by
+    #   collapsing its embedding (bench/RESULTS.md, "Memory");
+    # "momentum": the momentum encoder's keys only, plus the queue (MoCo).
+    contrast_keys: str = "both"
     # Temperature of the logits against queued keys; 0 = train.temperature.
     queue_temperature: float = 0.0
     # Each queued key counts as this many negatives in the softmax.

@@ -82,8 +82,9 @@ class Learner(tf.Module):
     """Model, optimizer, schedule and (pretraining) memory for one mode.
 
     Create it inside `strategy.scope()`. Modes:
-      pretrain: NT-Xent on two views (+ queued negatives when
-        memory.queue_size > 0) and, with labels and num_classes > 0, the
+      pretrain: NT-Xent on two views (with memory, memory.queue_size > 0:
+        contrasted as memory.contrast_keys says, against the momentum
+        encoder's keys and the queue) and, with labels and num_classes > 0, the
         online linear probe: a linear head on stop_gradient features with its
         own optimizer (`probe_optimizer`), reported as probe_loss/probe_acc.
       finetune: cross-entropy on one view through the head chosen by
@@ -225,14 +226,21 @@ class Learner(tf.Module):
                 outputs["proj_head_output"], train.temperature, train.hidden_norm,
                 queue=queue, queue_valid=valid,
                 queue_temperature=memory.queue_temperature or None,
-                keys=keys if memory.contrast_keys == "momentum" else None,
+                keys=keys if memory.contrast_keys in ("momentum", "both") else None,
                 queue_weight=memory.queue_weight)
-            loss = contrast.loss
-            metrics.update(contrast_loss=contrast.loss,
-                           contrast_acc=contrast.accuracy,
-                           contrast_entropy=contrast.entropy,
-                           cos_positive=contrast.positive_cosine,
-                           cos_negative=contrast.negative_cosine,
+            loss, shown = contrast.loss, contrast
+            if self.queue is not None and memory.contrast_keys == "both":
+                # SimCLR's loss among the online projections, averaged with the
+                # MoCo-style loss against the keys and the queue; accuracy and
+                # entropy are SimCLR's (the online views finding each other).
+                shown = nt_xent_loss(outputs["proj_head_output"], train.temperature,
+                                     train.hidden_norm)
+                loss = (loss + shown.loss) / 2
+            metrics.update(contrast_loss=loss,
+                           contrast_acc=shown.accuracy,
+                           contrast_entropy=shown.entropy,
+                           cos_positive=shown.positive_cosine,
+                           cos_negative=shown.negative_cosine,
                            erank_projection=effective_rank(outputs["proj_head_output"]),
                            erank_backbone=effective_rank(outputs["final_avg_pool"]))
             if self.queue is not None:
