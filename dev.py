@@ -62,13 +62,15 @@ def _run(args):
 def _test_workers(extra):
     """pytest-xdist arguments unless the caller chose the worker count:
     min(cores, 4) workers (each test process holds a TensorFlow runtime of
-    1-3 GB). Tests go to whichever worker is free, so a module-scoped fixture
-    may be built once per worker. `--dist loadgroup` would keep marked
+    1-3 GB). Tests go to whichever worker is free, and an idle worker takes
+    queued tests from a busy one (`--dist worksteal`: the few long tests do
+    not pile up on one worker), so a module-scoped fixture may be built once
+    per worker. `--dist loadgroup` would keep marked
     modules together, but with pytest 9.2 and pytest-xdist 3.8.0 it does not
     group (xdist renames `item._nodeid`, which pytest 9 no longer reads)."""
     if any(a.startswith(("-n", "--numprocesses")) for a in extra):
         return []
-    return ["-n", str(max(1, min(os.cpu_count() or 1, 4)))]
+    return ["-n", str(max(1, min(os.cpu_count() or 1, 4))), "--dist", "worksteal"]
 
 
 def main(argv):

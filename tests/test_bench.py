@@ -49,6 +49,7 @@ def test_main_table_runs_every_stage_with_its_recipe_pairs_seeds_and_resumes(
         real_floor(f, seed) if seed == 0 else {"top1": 0.5, "seconds": 0.0, "examples": 0}))
     report = _quiet_main(semisupervised, ["--workdir", "w", "--seeds", "0", "1"], capsys)
     assert report["benchmark"] == "semisupervised_mnist5k_main" and not report["quick"]
+    assert report["jobs"] == 1 and report["stage_seconds"] > 0
     runs = _by_dir(fake_run)
     assert len(runs) == 1 + 2 * 10  # one pretraining, 10 network stages per seed
     pretrain, _ = runs[os.path.join("w", "pretrain")]

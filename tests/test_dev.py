@@ -18,7 +18,7 @@ def _dev():
 def test_tests_run_in_min_of_cores_and_four_workers(monkeypatch, cores, workers):
     dev = _dev()
     monkeypatch.setattr(dev.os, "cpu_count", lambda: cores)
-    assert dev._test_workers(["-ra"]) == ["-n", workers]
+    assert dev._test_workers(["-ra"]) == ["-n", workers, "--dist", "worksteal"]
 
 
 @pytest.mark.parametrize("extra", [["-n", "0"], ["-n0"], ["-n", "3", "-ra"],

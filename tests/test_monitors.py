@@ -176,7 +176,7 @@ _WITH_AND_WITHOUT = textwrap.dedent("""
         config = get_preset("tiny").override(**{
             "train.train_steps": 6, "train.steps_per_loop": 3,
             "train.summary_interval": 3, "train.train_batch_size": 16,
-            "memory.queue_size": 32, "monitor.knn_interval": interval,
+            "monitor.knn_interval": interval,
             "monitor.knn_bank_size": 200, "monitor.knn_eval_size": 100,
             "export.export_at_end": False})
         outcome = run(config, RunConfig(mode="pretrain", model_dir=f"{root}/k{interval}",

@@ -66,7 +66,9 @@ def test_clean_removes_outputs_and_editor_metadata():
 # end, not about their accuracy (the benchmarks measure that).
 TEST_PARAMETERS = {
     "pretraining.ipynb": {"STEPS": 12},
-    "finetuning.ipynb": {},
+    # The shared pretraining is 24 steps: at the notebook's 0.002 its
+    # fine-tuning reached 21% or 47% on two sessions' runs, at 0.01 63% / 56%.
+    "finetuning.ipynb": {"LEARNING_RATE": 0.01},
     "load_and_inference.ipynb": {},
     "distillation_self_training.ipynb": {"STEPS": 16},
 }

@@ -78,14 +78,33 @@ def _check_forward_and_gradients(model, size, batch=2):
         assert np.isfinite(norm) and norm > 0, (var.name, norm)
 
 
-@pytest.mark.parametrize("name", list(PUBLISHED_PARAMS) + ["cifar_r18", "cifar_r50", "tiny"])
-def test_preset_forward_is_finite_and_every_variable_gets_a_gradient(name):
+def _structures():
+    """Every preset at width 1/16, once per distinct network: presets that
+    differ only in width (r152_1x_sk1, r152_2x_sk1, r152_3x_sk1, ...) are the
+    same network there, so each structure is checked once, under the names
+    of all the presets it stands for."""
+    structures = {}
+    for name in list(PUBLISHED_PARAMS) + ["cifar_r18", "cifar_r50", "tiny"]:
+        config = get_preset(name).model
+        small = dataclasses.replace(config, width_multiplier=min(config.width_multiplier,
+                                                                 0.0625))
+        structures.setdefault(repr(small), (small, []))[1].append(name)
+    return [pytest.param(config, id="+".join(names))
+            for config, names in structures.values()]
+
+
+def test_width_is_the_only_difference_between_presets_checked_together():
+    covered = [name for p in _structures() for name in p.id.split("+")]
+    assert sorted(covered) == sorted(list(PUBLISHED_PARAMS) + ["cifar_r18", "cifar_r50",
+                                                                 "tiny"])
+    assert "r152_1x_sk1+r152_2x_sk1+r152_3x_sk1" in [p.id for p in _structures()]
+
+
+@pytest.mark.parametrize("config", _structures())
+def test_preset_forward_is_finite_and_every_variable_gets_a_gradient(config):
     """Every preset's structure (depth, selective kernels, squeeze-excite,
     stem) at width 1/16: the full-width models are built in
     test_parameter_count_matches_published."""
-    config = get_preset(name).model
-    config = dataclasses.replace(config, width_multiplier=min(config.width_multiplier,
-                                                              0.0625))
     model = build_resnet_from_config(config)
     _enable_all_residual_branches(model)
     _check_forward_and_gradients(model, 32 if config.cifar_stem else 64)
