@@ -3,6 +3,7 @@ and where it pays.
 
     python bench/memory.py --part hypotheses [--seeds 0] [--jobs 2]
     python bench/memory.py --part batch [--seeds 0 1 2] [--jobs 2]
+    python bench/memory.py --part split_bn [--seeds 0 1 2] [--jobs 2]
     python bench/memory.py --part digits [--seeds 0 1 2] [--jobs 2]
 
 Every mnist5k arm pretrains the mnist5k recipe (flags/mnist5k_pretrain.cfg,
@@ -18,7 +19,9 @@ seed, then is measured four ways, each with the same seed:
 `--part hypotheses` runs the arms that separate the explanations of the
 damage the paper's memory did (HYPOTHESIS_ARMS, batch 128 unless named);
 `--part batch` compares no memory with the default memory at batch 32 and
-128 (BATCH_ARMS) at equal epochs; `--part digits` runs the demo's own
+128 (BATCH_ARMS) at equal epochs; `--part split_bn` adds the one-device form
+of MoCo's shuffling BN (--memory_bn_splits=4) with and without memory at
+both batch sizes (SPLIT_BN_ARMS); `--part digits` runs the demo's own
 flagfiles (digits, fine-tuning on 10% of the labels) with and without the
 memory. Finished stages are reused (an interrupted run resumes); `--jobs N`
 runs arms in N worker processes of cores / N threads. Writes
@@ -112,6 +115,14 @@ BATCH_ARMS = [(f"{name}, batch {batch}", [f"--train_batch_size={batch}", *flags]
               for batch in (32, 128)
               for name, flags in (("no memory", []), ("memory", MEMORY))]
 
+# MoCo's shuffling BN in its one-device form (--memory_bn_splits): does the
+# way keys are normalised explain what the memory still costs? The plain
+# arms are the batch part's (the same names, so a shared workdir reuses them).
+SPLIT_BN_ARMS = [(f"{name}, batch {batch}", [f"--train_batch_size={batch}", *flags])
+                 for batch in (32, 128)
+                 for name, flags in (("no memory", []), ("memory", MEMORY),
+                                     ("memory, split BN 4", [*MEMORY, "--memory_bn_splits=4"]),
+                                     ("no memory, split BN 4", ["--memory_bn_splits=4"]))]
 
 SHARED_SETTINGS = ("temperature ", "learning rate ", "batch ")
 
@@ -290,7 +301,7 @@ def plot(rows, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "bench_memory"))
-    parser.add_argument("--part", choices=["hypotheses", "batch", "digits"],
+    parser.add_argument("--part", choices=["hypotheses", "batch", "split_bn", "digits"],
                         default="batch")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="*", default=None,
@@ -302,7 +313,7 @@ def main(argv=None):
     os.makedirs(args.workdir, exist_ok=True)
     absl_logging.set_verbosity(absl_logging.WARNING)
     arms = {"hypotheses": HYPOTHESIS_ARMS, "batch": BATCH_ARMS,
-            "digits": DIGITS_ARMS}[args.part]
+            "split_bn": SPLIT_BN_ARMS, "digits": DIGITS_ARMS}[args.part]
     if args.arms:
         arms = [a for a in arms if any(s in a[0] for s in args.arms)]
     start = time.time()
@@ -310,7 +321,8 @@ def main(argv=None):
     records = run_arms(args.workdir, arms, args.seeds, args.quick, args.jobs, dataset)
     rows = summarise(records, control_of)
     report = {"benchmark": f"memory_{dataset}_{args.part}", "quick": args.quick,
-              "seeds": args.seeds, "pretrain_epochs": EPOCHS, "rows": rows,
+              "seeds": args.seeds, "rows": rows,
+              "pretrain_epochs": EPOCHS if dataset == "mnist5k" else "the flagfile's",
               "records": records, "total_seconds": time.time() - start,
               "machine": {"platform": platform.platform(),
                           "processor": platform.processor(), "cpus": os.cpu_count()}}

@@ -140,6 +140,10 @@ CONFIG_FLAGS: Dict[str, Tuple[str, str]] = {
                             "negatives only from this step on."),
     "memory.exclude_own_images": ("exclude_own_images", "With memory: leave out queued "
                                   "keys of the current batch's own images."),
+    "memory.bn_splits": ("memory_bn_splits", "Pretraining: batch norm in this many "
+                         "groups of each replica's 2 x batch images, the momentum "
+                         "encoder's shuffled first (one-device shuffling BN, as in "
+                         "MoCo; without memory, ghost BN); 0 = whole batch."),
     # monitor
     "monitor.probe_learning_rate": ("probe_learning_rate", "Pretraining: learning rate "
                                     "of the online linear probe's own momentum-SGD "

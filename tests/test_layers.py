@@ -198,3 +198,36 @@ def test_layer_argument_errors_name_the_value():
     with pytest.raises(ValueError, match="stem_type='big'"):
         ResNetStem(8, "big")
     assert issubclass(ResNetStem, tf_keras.layers.Layer)
+
+
+def test_split_batch_norm_normalises_each_group_and_tracks_the_whole_batch():
+    from simclr_tf2.layers.conv_bn import batch_norm_splits
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, [8, 3, 3, 4]).astype(np.float32)
+    x[4:] *= 5.0  # the second group's statistics differ from the first's
+    layer = BatchNormRelu(relu=False, momentum=0.9, epsilon=1e-3)
+    whole = layer(x, training=True).numpy()  # also builds; whole-batch statistics
+    gamma, beta = rng.normal(size=4), rng.normal(size=4)
+    layer.bn.gamma.assign(gamma)
+    layer.bn.beta.assign(beta)
+    layer.bn.moving_mean.assign(np.zeros(4))
+    layer.bn.moving_variance.assign(np.ones(4))
+    with batch_norm_splits(2):
+        split = layer(x, training=True).numpy()
+        inference = layer(x, training=False).numpy()  # moving statistics, not split
+    for group in (slice(0, 4), slice(4, 8)):
+        g = x[group].astype(np.float64)
+        mean, var = g.mean((0, 1, 2)), g.var((0, 1, 2))
+        np.testing.assert_allclose(split[group], (g - mean) / np.sqrt(var + 1e-3) * gamma
+                                   + beta, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.bn.moving_mean.numpy(), 0.1 * x.mean((0, 1, 2)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(layer.bn.moving_variance.numpy(),
+                               0.9 + 0.1 * x.var((0, 1, 2)), rtol=1e-4)
+    all64 = x.astype(np.float64)
+    pooled = (all64 - all64.mean((0, 1, 2))) / np.sqrt(all64.var((0, 1, 2)) + 1e-3)
+    np.testing.assert_allclose(whole, pooled, rtol=1e-3, atol=1e-3)  # outside the context
+    assert np.abs(split - (pooled * gamma + beta)).max() > 0.5  # not whole-batch statistics
+    np.testing.assert_allclose(inference, layer.bn(x, training=False).numpy())
+    with batch_norm_splits(3), pytest.raises(ValueError, match="memory_bn_splits"):
+        layer(x, training=True)

@@ -293,3 +293,46 @@ def test_momentum_keys_enter_the_loss_as_configured(contrast_keys):
         moco + nt_xent_loss(online, t).loss) / 2
     metrics = learner.replica_step(batch)
     assert float(metrics["contrast_loss"]) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_split_batch_norm_keys_are_normalised_in_shuffled_groups():
+    """memory.bn_splits: the momentum encoder sees the images in a shuffled
+    order, normalised per group of that order, and its keys come back in the
+    images' own order; the step trains."""
+    learner = Learner(_config(batch=8, queue=32, **{"memory.bn_splits": 2}), "pretrain",
+                      total_steps=2)
+    batch = _pretrain_batch(8, labels=False)
+    images = tf.concat([batch["view1"], batch["view2"]], 0)
+    order = tf.constant([3, 12, 0, 7, 15, 9, 4, 1, 10, 2, 14, 6, 11, 5, 8, 13])
+    keys = learner.momentum_keys(images, order).numpy()
+    target = learner.momentum_encoder.target
+    shuffled = tf.gather(images, order)
+    groups = [target(shuffled[i:i + 8], training=True)["proj_head_output"]
+              for i in (0, 8)]  # each group alone: its own batch statistics
+    expected = np.zeros_like(keys)
+    expected[order.numpy()] = tf.math.l2_normalize(tf.concat(groups, 0), -1).numpy()
+    np.testing.assert_allclose(keys, expected, rtol=1e-3, atol=1e-4)
+    whole = learner.momentum_keys(images).numpy()  # no order: the whole batch
+    assert np.abs(whole - keys).max() > 1e-3
+    metrics = tf.function(learner.replica_step)(batch)
+    assert np.isfinite(float(metrics["loss"])) and int(learner.queue.count) == 16
+
+
+def test_split_batch_norm_without_memory_changes_the_online_step_only_in_pretraining():
+    batch = _pretrain_batch(8, labels=False)
+    losses = {}
+    for splits in (0, 2):
+        tf_keras.utils.set_random_seed(0)  # the same initial weights
+        learner = Learner(_config(batch=8, **{"memory.bn_splits": splits}), "pretrain",
+                          total_steps=2)
+        losses[splits] = float(learner.replica_step(batch)["contrast_loss"])
+    assert losses[0] != pytest.approx(losses[2], rel=1e-4)
+    finetune = {}
+    for splits in (0, 2):
+        tf_keras.utils.set_random_seed(0)  # the same initial weights
+        learner = Learner(_config(batch=8, **{"memory.bn_splits": splits}), "finetune",
+                          total_steps=2)
+        images, labels = _digits(8)
+        finetune[splits] = float(learner.replica_step({"image": images, "label": labels})
+                                 ["loss"])
+    assert finetune[0] == pytest.approx(finetune[2], rel=1e-6)

@@ -237,9 +237,16 @@ class MemoryConfig:
     # Leave out queued keys that came from an image of the current batch
     # (an image seen again is not a negative of itself).
     exclude_own_images: bool = False
+    # Batch norm in this many groups of each replica's 2 x batch images during
+    # the pretraining step (the online network, and the momentum encoder with
+    # its images shuffled first): the one-device form of MoCo's shuffling BN,
+    # so a query and its key are not normalised with the same images. Applies
+    # without memory too (ghost batch norm). 0 or 1 = off.
+    bn_splits: int = 0
 
     def __post_init__(self):
         _check_range("queue_size", self.queue_size, 0)
+        _check_range("bn_splits", self.bn_splits, 0)
         _check_range("momentum", self.momentum, 0, 1)
         _check_choice("contrast_keys", self.contrast_keys, CONTRAST_KEYS)
         _check_range("queue_temperature", self.queue_temperature, 0)

@@ -4,10 +4,34 @@ Hand-written because tf_keras' Conv2D 'same' padding is asymmetric for strided
 convolutions (pads more at the end), while SimCLR's released weights assume
 the symmetric k-1 padding of the TPU ResNets.
 """
+import contextlib
+import threading
+
 import tensorflow as tf
 import tf_keras
 
 from simclr_tf2.configs.schema import check
+
+_SPLITS = threading.local()
+
+
+@contextlib.contextmanager
+def batch_norm_splits(splits: int):
+    """Inside this context (on this thread, so on this replica), batch norm
+    in training mode normalises each of `splits` equal consecutive groups of
+    the batch with the group's own statistics ("ghost" batch norm), as if each
+    group were on its own device without cross-replica BN; the moving
+    statistics still follow the whole batch (this replica's: cross-replica
+    BN is off inside the context). With a shuffled key batch this
+    is the one-device form of MoCo's shuffling BN (He et al. 2020, section
+    3.3). Hand-written: tf_keras' virtual_batch_size splits at inference too,
+    which fixes every batch size the model may see."""
+    previous = getattr(_SPLITS, "value", 1)
+    _SPLITS.value = max(1, int(splits))
+    try:
+        yield
+    finally:
+        _SPLITS.value = previous
 
 
 def conv_kernel_initializer():
@@ -80,8 +104,35 @@ class BatchNormRelu(tf_keras.layers.Layer):
             synchronized=synchronized, name="batch_normalization")
 
     def call(self, inputs, training=None):
-        outputs = self.bn(inputs, training=training)
+        splits = getattr(_SPLITS, "value", 1)
+        if splits > 1 and training is True:  # per group, even with sync BN
+            outputs = self._split_batch_norm(inputs, splits)
+        else:
+            outputs = self.bn(inputs, training=training)
         return tf.nn.relu(outputs) if self.relu else outputs
+
+    def _split_batch_norm(self, inputs, splits):
+        bn = self.bn
+        if not bn.built:
+            bn(inputs, training=False)  # creates the variables under bn's name
+        batch = inputs.shape[0]
+        check(batch is None or batch % splits == 0,
+              f"batch-norm splits: a batch of {batch} images does not split into "
+              f"{splits} equal groups; choose --memory_bn_splits dividing twice the "
+              f"per-replica batch")
+        x = tf.cast(inputs, tf.float32)
+        shape = tf.shape(x)
+        grouped = tf.reshape(x, tf.concat([[splits, shape[0] // splits], shape[1:]], 0))
+        axes = list(range(1, len(inputs.shape)))  # all but the group and channel axes
+        mean, variance = tf.nn.moments(grouped, axes, keepdims=True)
+        outputs = tf.nn.batch_normalization(grouped, mean, variance,
+                                            bn.beta if self.center else None, bn.gamma,
+                                            self.epsilon)
+        whole_mean, whole_variance = tf.nn.moments(x, list(range(len(inputs.shape) - 1)))
+        for moving, value in ((bn.moving_mean, whole_mean),
+                              (bn.moving_variance, whole_variance)):
+            moving.assign_sub((moving - value) * (1.0 - self.momentum))
+        return tf.cast(tf.reshape(outputs, shape), inputs.dtype)
 
     def get_config(self):
         config = super().get_config()

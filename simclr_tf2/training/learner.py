@@ -12,6 +12,7 @@ import tensorflow as tf
 import tf_keras
 
 from simclr_tf2.configs.schema import ExperimentConfig, ModelConfig, check
+from simclr_tf2.layers.conv_bn import batch_norm_splits
 from simclr_tf2.memory import MomentumEncoder, NegativeQueue
 from simclr_tf2.models.simclr_model import SimCLRModel
 from simclr_tf2.objectives.distill import distillation_loss
@@ -284,6 +285,26 @@ class Learner(tf.Module):
         metrics["loss"] = loss + tf.cast(decay, loss.dtype)
         return metrics
 
+    def momentum_keys(self, images: tf.Tensor,
+                      order: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """The momentum encoder's projections of `images` (both views, view
+        major), float32, L2-normalised with hidden_norm. With
+        memory.bn_splits > 1 the images go through it in the order `order`
+        (a permutation), normalised in bn_splits groups of that order, and
+        come back in their own order."""
+        target = self.momentum_encoder.target
+        splits = self.config.memory.bn_splits
+        if order is None or splits <= 1:
+            keys = target(images, training=True)["proj_head_output"]
+        else:
+            with batch_norm_splits(splits):
+                shuffled = target(tf.gather(images, order), training=True)
+            keys = tf.gather(shuffled["proj_head_output"], tf.math.invert_permutation(order))
+        keys = tf.cast(keys, tf.float32)
+        if self.config.train.hidden_norm:
+            keys = tf.math.l2_normalize(keys, axis=-1)
+        return keys
+
     def replica_step(self, batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         """One step on this replica's batch; returns its metrics (local means).
 
@@ -294,14 +315,13 @@ class Learner(tf.Module):
         follows the optimizer step.
         """
         keys = None
+        splits = self.config.memory.bn_splits if self.mode == "pretrain" else 1
         if self.momentum_encoder is not None:
-            views = [batch["view1"], batch["view2"]]
-            keys = self.momentum_encoder.target(views, training=True)["proj_head_output"]
-            keys = tf.cast(keys, tf.float32)
-            if self.config.train.hidden_norm:
-                keys = tf.math.l2_normalize(keys, axis=-1)
+            images = tf.concat([batch["view1"], batch["view2"]], axis=0)
+            order = tf.random.shuffle(tf.range(tf.shape(images)[0])) if splits > 1 else None
+            keys = self.momentum_keys(images, order)
         variables, probe_variables = self._trained_variables()
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, batch_norm_splits(splits):
             metrics = self._losses(batch, keys)
             # The probe reads stop-gradient features: its loss reaches only
             # its own variables, the objective only the others.
