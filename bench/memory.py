@@ -20,8 +20,8 @@ seed, then is measured four ways, each with the same seed:
 damage the paper's memory did (HYPOTHESIS_ARMS, batch 128 unless named);
 `--part batch` compares no memory with the default memory at batch 32 and
 128 (BATCH_ARMS) at equal epochs; `--part split_bn` adds the one-device form
-of MoCo's shuffling BN (--memory_bn_splits=4) with and without memory at
-both batch sizes (SPLIT_BN_ARMS); `--part digits` runs the demo's own
+of MoCo's shuffling BN (--memory_bn_splits=4) with memory at both batch
+sizes (SPLIT_BN_ARMS); `--part digits` runs the demo's own
 flagfiles (digits, fine-tuning on 10% of the labels) with and without the
 memory. Finished stages are reused (an interrupted run resumes); `--jobs N`
 runs arms in N worker processes of cores / N threads. Writes
@@ -104,6 +104,10 @@ HYPOTHESIS_ARMS = [
       "--train_batch_size=32"]),
     ("memory, SimCLR and MoCo losses, queue 256",
      ["--queue_size=256", "--memory_momentum=0.99", "--memory_contrast_keys=both"]),
+    # Fourth round: batch norm in 4 groups (ghost BN) without memory, the
+    # control for the split_bn part's effect of splitting alone.
+    ("no memory, split BN 4", ["--memory_bn_splits=4"]),
+    ("no memory, split BN 4, batch 32", ["--memory_bn_splits=4", "--train_batch_size=32"]),
 ]
 # Memory arms without a --memory_contrast_keys flag ran with "online".
 HYPOTHESIS_ARMS = [
@@ -121,8 +125,7 @@ BATCH_ARMS = [(f"{name}, batch {batch}", [f"--train_batch_size={batch}", *flags]
 SPLIT_BN_ARMS = [(f"{name}, batch {batch}", [f"--train_batch_size={batch}", *flags])
                  for batch in (32, 128)
                  for name, flags in (("no memory", []), ("memory", MEMORY),
-                                     ("memory, split BN 4", [*MEMORY, "--memory_bn_splits=4"]),
-                                     ("no memory, split BN 4", ["--memory_bn_splits=4"]))]
+                                     ("memory, split BN 4", [*MEMORY, "--memory_bn_splits=4"]))]
 
 SHARED_SETTINGS = ("temperature ", "learning rate ", "batch ")
 
