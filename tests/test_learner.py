@@ -136,8 +136,12 @@ def test_multi_replica_steps_equal_one_replica_on_the_same_global_batch(replicas
 @pytest.mark.parametrize("mode,queue", [("pretrain", 0), ("pretrain", 32),
                                         ("finetune", 0), ("linear_eval", 0)])
 def test_replica_step_compiles_with_xla(mode, queue):
-    """TPU compatibility: the per-replica step has no op XLA cannot compile."""
-    learner = Learner(_config(batch=8, queue=queue), mode, total_steps=5)
+    """TPU compatibility: the per-replica step has no op XLA cannot compile.
+    The memory case also splits batch norm (shuffled keys, grouped moments);
+    whole-batch BN is the case without memory."""
+    splits = 2 if queue else 0
+    learner = Learner(_config(batch=8, queue=queue, **{"memory.bn_splits": splits}), mode,
+                      total_steps=5)
     if mode == "pretrain":
         batch = _pretrain_batch(8)
     else:
