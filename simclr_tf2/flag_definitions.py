@@ -147,7 +147,8 @@ CONFIG_FLAGS: Dict[str, Tuple[str, str]] = {
     # monitor
     "monitor.probe_learning_rate": ("probe_learning_rate", "Pretraining: learning rate "
                                     "of the online linear probe's own momentum-SGD "
-                                    "optimizer (fixed; independent of --learning_rate)."),
+                                    "optimizer (fixed; independent of --learning_rate). If "
+                                    "probe_loss climbs, lower it."),
     "monitor.knn_interval": ("knn_interval", "Pretraining: every this many steps "
                              "(rounded up to whole loops of steps_per_loop) and at the "
                              "end, report kNN top-1 and effective rank of the backbone "
