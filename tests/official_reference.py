@@ -2,7 +2,7 @@
 
 Independent of simclr_tf2's layers: the variables are created with the exact
 names and shapes the authors' tf2 code gives them (its Keras auto-naming is
-emulated here and checked against ../shared/reference/*.json), and the
+emulated here and checked against the layouts in tests/data/*.json), and the
 forward pass is transcribed from the authors' tf2/resnet.py and model.py with
 raw tf.nn ops. The module is saved with the authors' call convention,
 `module(images, trainable=<bool>) -> dict`.
@@ -15,7 +15,7 @@ from typing import Dict, List
 import numpy as np
 import tensorflow as tf
 
-REFERENCE_DIR = os.path.join(os.path.dirname(__file__), "data")  # copied from shared/reference
+REFERENCE_DIR = os.path.join(os.path.dirname(__file__), "data")  # the released models' layouts
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 EPSILON = 1e-5
 

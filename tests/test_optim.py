@@ -17,7 +17,7 @@ def _variable(scope, name, value):
 
 
 def _lars_by_hand(w, g, v, lr, wd, momentum, eeta, excluded):
-    """The update rule of SIMCLRV2_FACTS section 5, written out."""
+    """LARS's update rule (You et al. 2017, as SimCLR uses it), written out."""
     w, g, v = (np.asarray(x, np.float64) for x in (w, g, v))
     trust = 1.0
     if not excluded:

@@ -16,7 +16,8 @@ from conftest import mirrored_strategy
 from simclr_tf2 import ENDPOINTS, build_resnet, build_resnet_from_config, get_preset
 from simclr_tf2.backbones.resnet import ResNet
 
-# SIMCLRV2_FACTS.md section 2: millions, trainable + BN moving statistics.
+# Chen et al. 2020 (SimCLRv2), Table 1: millions of parameters, trainable + BN
+# moving statistics.
 PUBLISHED_PARAMS = {
     "r50_1x_sk0": 23.56, "r50_1x_sk1": 35.28, "r50_2x_sk0": 94.01,
     "r50_2x_sk1": 140.43, "r101_1x_sk0": 42.61, "r101_1x_sk1": 64.79,

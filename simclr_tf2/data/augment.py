@@ -1,4 +1,4 @@
-"""SimCLR augmentations (SIMCLRV2_FACTS.md section 6) as pure functions.
+"""SimCLR augmentations (Chen et al. 2020, appendix A) as pure functions.
 
 Every function takes one image [H, W, 3] float32 in [0, 1] and, when it is
 random, an explicit stateless seed (int32 [2]): the same seed gives the same
