@@ -231,3 +231,7 @@ def test_split_batch_norm_normalises_each_group_and_tracks_the_whole_batch():
     np.testing.assert_allclose(inference, layer.bn(x, training=False).numpy())
     with batch_norm_splits(3), pytest.raises(ValueError, match="memory_bn_splits"):
         layer(x, training=True)
+    layer.trainable = False  # frozen: moving statistics, as tf_keras does
+    with batch_norm_splits(2):
+        np.testing.assert_allclose(layer(x, training=True).numpy(), inference, rtol=1e-5,
+                                   atol=1e-5)

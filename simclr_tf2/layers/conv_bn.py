@@ -105,7 +105,9 @@ class BatchNormRelu(tf_keras.layers.Layer):
 
     def call(self, inputs, training=None):
         splits = getattr(_SPLITS, "value", 1)
-        if splits > 1 and training is True:  # per group, even with sync BN
+        # Per group, even with sync BN; a frozen BN (not trainable) keeps
+        # tf_keras' behaviour: inference mode.
+        if splits > 1 and training is True and self.bn.trainable:
             outputs = self._split_batch_norm(inputs, splits)
         else:
             outputs = self.bn(inputs, training=training)
