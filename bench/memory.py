@@ -5,6 +5,7 @@ and where it pays.
     python bench/memory.py --part batch [--seeds 0 1 2] [--jobs 2]
     python bench/memory.py --part split_bn [--seeds 0 1 2] [--jobs 2]
     python bench/memory.py --part digits [--seeds 0 1 2] [--jobs 2]
+    python bench/memory.py --part long [--seeds 0 1 2] [--jobs 2]
 
 Every mnist5k arm pretrains the mnist5k recipe (flags/mnist5k_pretrain.cfg,
 tiny ResNet-18) for EPOCHS epochs with its own flags and pretraining seed =
@@ -21,7 +22,9 @@ damage the paper's memory did (HYPOTHESIS_ARMS, batch 128 unless named);
 `--part batch` compares no memory with the default memory at batch 32 and
 128 (BATCH_ARMS) at equal epochs; `--part split_bn` adds the one-device form
 of MoCo's shuffling BN (--memory_bn_splits=4) with memory at both batch
-sizes (SPLIT_BN_ARMS); `--part digits` runs the demo's own
+sizes (SPLIT_BN_ARMS); `--part long` compares no memory with the default
+memory at batch 128 for the flagfile's own 75 epochs (LONG_ARMS); `--part
+digits` runs the demo's own
 flagfiles (digits, fine-tuning on 10% of the labels) with and without the
 memory. Finished stages are reused (an interrupted run resumes); `--jobs N`
 runs arms in N worker processes of cores / N threads. Writes
@@ -127,6 +130,10 @@ SPLIT_BN_ARMS = [(f"{name}, batch {batch}", [f"--train_batch_size={batch}", *fla
                  for name, flags in (("no memory", []), ("memory", MEMORY),
                                      ("memory, split BN 4", [*MEMORY, "--memory_bn_splits=4"]))]
 
+# The flagfile's own length (75 epochs) at its batch size (128): does what
+# the memory costs at 10 epochs shrink with training? (dataset "mnist5k_long")
+LONG_ARMS = [("no memory, batch 128", []), ("memory, batch 128", MEMORY)]
+
 SHARED_SETTINGS = ("temperature ", "learning rate ", "batch ")
 
 
@@ -188,6 +195,12 @@ def probe(pretrain_dir, seed, quick):
 # supervised stages that measure it ({measure: (flagfile, flags(seed))}).
 RECIPES = {
     "mnist5k": ("mnist5k_pretrain.cfg", [f"--train_epochs={EPOCHS}"], {
+        "linear_eval_10pct": ("mnist5k_linear_eval.cfg",
+                              lambda seed: supervised_args(0.1, seed, epochs=False)),
+        "finetune_1pct": ("mnist5k_finetune_1pct.cfg",
+                          lambda seed: supervised_args(0.01, seed))}),
+    # The pretraining flagfile's own epochs (75) instead of EPOCHS.
+    "mnist5k_long": ("mnist5k_pretrain.cfg", [], {
         "linear_eval_10pct": ("mnist5k_linear_eval.cfg",
                               lambda seed: supervised_args(0.1, seed, epochs=False)),
         "finetune_1pct": ("mnist5k_finetune_1pct.cfg",
@@ -304,7 +317,7 @@ def plot(rows, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "bench_memory"))
-    parser.add_argument("--part", choices=["hypotheses", "batch", "split_bn", "digits"],
+    parser.add_argument("--part", choices=["hypotheses", "batch", "split_bn", "long", "digits"],
                         default="batch")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="*", default=None,
@@ -316,14 +329,15 @@ def main(argv=None):
     os.makedirs(args.workdir, exist_ok=True)
     absl_logging.set_verbosity(absl_logging.WARNING)
     arms = {"hypotheses": HYPOTHESIS_ARMS, "batch": BATCH_ARMS,
-            "split_bn": SPLIT_BN_ARMS, "digits": DIGITS_ARMS}[args.part]
+            "split_bn": SPLIT_BN_ARMS, "long": LONG_ARMS,
+            "digits": DIGITS_ARMS}[args.part]
     if args.arms:
         arms = [a for a in arms if any(s in a[0] for s in args.arms)]
     start = time.time()
-    dataset = "digits" if args.part == "digits" else "mnist5k"
+    dataset = {"digits": "digits", "long": "mnist5k_long"}.get(args.part, "mnist5k")
     records = run_arms(args.workdir, arms, args.seeds, args.quick, args.jobs, dataset)
     rows = summarise(records, control_of)
-    report = {"benchmark": f"memory_{dataset}_{args.part}", "quick": args.quick,
+    report = {"benchmark": f"memory_{dataset.split('_')[0]}_{args.part}", "quick": args.quick,
               "seeds": args.seeds, "rows": rows,
               "pretrain_epochs": EPOCHS if dataset == "mnist5k" else "the flagfile's",
               "records": records, "total_seconds": time.time() - start,

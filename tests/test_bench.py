@@ -249,6 +249,16 @@ def test_memory_benchmark_pairs_each_arm_with_its_control(fake_run, tmp_path, ca
     demo = [c for c, rc in fake_run.calls if "digits" in rc.model_dir]
     assert {c.data.dataset for c in demo} == {"digits"}
     assert sorted(c.memory.queue_size for c in demo if c.train.train_epochs == 15) == [0, 256]
+    # The long part: the flagfile's own 75 epochs at batch 128, paired.
+    long = _quiet_main(memory, ["--part", "long", "--seeds", "0",
+                                "--workdir", str(tmp_path / "long")], capsys)
+    assert long["benchmark"] == "memory_mnist5k_long"
+    assert [r["arm"] for r in long["rows"]] == ["no memory, batch 128", "memory, batch 128"]
+    assert "minus_control" in long["rows"][1]["finetune_1pct"]
+    pretrain_long = [c for c, rc in fake_run.calls
+                     if "long" in rc.model_dir and rc.mode == "pretrain"]
+    assert [(c.train.train_epochs, c.train.train_batch_size, c.memory.queue_size)
+            for c in pretrain_long] == [(75, 128, 0), (75, 128, 1024)]
     assert memory.control_of("memory, temperature 0.2, batch 32") == \
         "no memory, temperature 0.2, batch 32"
     assert memory.control_of("memory, queue temperature 0.1") == "no memory"

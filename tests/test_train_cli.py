@@ -203,17 +203,20 @@ def test_sigkill_and_rerun_resumes_to_the_same_weights(tmp_path):
         [sys.executable, "-m", "simclr_tf2.train", *args, f"--model_dir={killed}"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env=dict(os.environ))
-    def saved_steps():
-        return [int(re.search(r"ckpt-(\d+)", p).group(1))
-                for p in glob.glob(os.path.join(killed, "ckpt-*.index"))]
+    def recorded_step():
+        # The step of the checkpoint the run records as its latest (the
+        # `checkpoint` state file, written after a checkpoint's own files:
+        # a ckpt-N.index alone is not yet the run's checkpoint).
+        latest = tf.train.latest_checkpoint(killed)
+        return int(re.search(r"ckpt-(\d+)$", latest).group(1)) if latest else None
     deadline = time.time() + 600
-    while time.time() < deadline and not any(5 <= s < 20 for s in saved_steps()):
+    while time.time() < deadline and not 5 <= (recorded_step() or 0) < 20:
         assert process.poll() is None, process.stdout.read().decode()[-2000:]
         time.sleep(0.1)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    interrupted_at = max(saved_steps())
-    assert 5 <= interrupted_at < 20, saved_steps()
+    interrupted_at = recorded_step()
+    assert interrupted_at is not None and 5 <= interrupted_at < 20, interrupted_at
     resumed = _cli(args + [f"--model_dir={killed}"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout
