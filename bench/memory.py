@@ -162,20 +162,11 @@ def probe(pretrain_dir, seed, quick):
     if os.path.exists(done):
         with open(done) as f:
             return json.load(f)
-    import tensorflow as tf
-
-    from simclr_tf2.configs import ExperimentConfig
     from simclr_tf2.data import make_source
-    from simclr_tf2.models import SimCLRModel
     from simclr_tf2.monitors.knn_monitor import monitor_indices, representation_report
-    from simclr_tf2.training.learner import model_config_for
-    with open(os.path.join(pretrain_dir, "config.json")) as f:
-        config = ExperimentConfig.from_dict(json.load(f)["experiment"])
-    model = SimCLRModel(model_config_for(config, "pretrain"), "pretrain")
-    size = config.data.image_size
-    model(tf.zeros([1, size, size, 3]), training=False)
-    tf.train.Checkpoint(model=model).read(
-        tf.train.latest_checkpoint(pretrain_dir)).expect_partial()
+    from simclr_tf2.rundir import restore_model
+    restored = restore_model(pretrain_dir)
+    model, config = restored.model, restored.config
     train = make_source(config.data, "train", labelled=True)
     test = make_source(config.data, "test", labelled=True)
     limit = 256 if quick else 0

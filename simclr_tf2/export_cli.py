@@ -19,8 +19,9 @@ flags.DEFINE_string("export_dir", None, "Where to write (relative paths are insi
                     "--model_dir); default: the run's export_dir, 'hub'.")
 flags.DEFINE_integer("keep_hub_module_max", None, "Exports to keep (0 = all); default: "
                      "the run's setting.")
-flags.DEFINE_bool("official_call_convention", None, "Also accept the authors' "
-                  "module(images, trainable=...) call; default: the run's setting.")
+flags.DEFINE_bool("official_call_convention", None, "Accept the authors' "
+                  "module(images, trainable=...) call as well as training=; default: "
+                  "the run's setting (on unless the run turned it off).")
 flags.DEFINE_integer("step", None, "Name of the export directory; default: the "
                      "checkpoint's step.")
 FLAGS = flags.FLAGS

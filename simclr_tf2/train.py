@@ -11,7 +11,8 @@ from absl import logging as absl_logging
 
 from simclr_tf2.data.sources import DataError
 from simclr_tf2.flag_definitions import configs_from_flags, define_flags
-from simclr_tf2.training.runner import RunError, run
+from simclr_tf2.errors import RunError
+from simclr_tf2.training.runner import run
 
 FLAGS = flags.FLAGS
 

@@ -10,7 +10,8 @@ from conftest import mirrored_strategy
 from simclr_tf2 import get_preset
 from simclr_tf2.data import build_from_config, make_source
 from simclr_tf2.training.bn_stats import batch_norm_layers, recompute_bn_statistics
-from simclr_tf2.training.runner import RunConfig, bn_recompute_order, run
+from simclr_tf2.training.precompute import bn_recompute_order
+from simclr_tf2.training.runner import RunConfig, run
 
 EPS = 1e-3
 

@@ -62,7 +62,6 @@ def test_unknown_preset_lists_the_choices():
     (DataConfig, dict(label_fraction=1.5), "label_fraction=1.5"),
     (DataConfig, dict(dataset="folder"), "needs data_dir"),
     (DataConfig, dict(image_size=2), "image_size=2"),
-    (TrainConfig, dict(mode="pretrian"), "mode='pretrian'"),
     (TrainConfig, dict(train_batch_size=0), "train_batch_size=0"),
     (TrainConfig, dict(temperature=0), "temperature=0"),
     (TrainConfig, dict(train_epochs=0, train_steps=0), "train_epochs or train_steps"),

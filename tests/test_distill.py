@@ -193,7 +193,8 @@ def test_distill_from_a_run_and_from_its_hub_export_resumes_and_exports(
         return run(*configs_from_flags(values))
 
     capsys.readouterr()
-    resumed = in_process(args + ["--train_steps=12"])
+    # Training longer is a changed setting: it must be asked for.
+    resumed = in_process(args + ["--train_steps=12", "--accept_changed_settings"])
     printed = capsys.readouterr().out
     assert "resuming from" in printed and "steps 6 -> 12" in printed
     assert tf.train.latest_checkpoint(student_dir).endswith("ckpt-12")
@@ -241,7 +242,7 @@ def test_a_teacher_run_loads_without_unrestored_value_warnings(shared_runs, capl
     logging.getLogger("tensorflow").addHandler(caplog.handler)
     try:
         with caplog.at_level(logging.WARNING):
-            teacher = load_teacher(shared_runs["finetune"], image_size=32)
+            teacher = load_teacher(shared_runs["finetune"])
             gc.collect()
         logits = teacher(tf.zeros([2, 32, 32, 3]))
     finally:

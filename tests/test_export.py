@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
 from simclr_tf2 import get_preset
 from simclr_tf2.export import (ExportError, export_hub_modules, exported_steps,
@@ -37,8 +38,7 @@ def exported(tmp_path_factory):
     for seed in range(3):  # non-trivial moving statistics
         model(_images(16, seed) * 0.5 + 0.2, training=True)
     root = str(tmp_path_factory.mktemp("export"))
-    path = export_hub_modules(model, root, config=config, step=STEP,
-                              official_call_convention=True)
+    path = export_hub_modules(model, root, config=config, step=STEP)  # defaults
     return model, config, root, path
 
 
@@ -107,16 +107,73 @@ def test_training_true_uses_batch_statistics_and_updates_the_moving_ones(exporte
     assert not np.allclose(train, inference, atol=1e-3)
 
 
-def test_official_call_convention_is_accepted_when_asked_for(exported, tmp_path):
+def test_default_exports_accept_training_and_the_authors_trainable(exported, tmp_path):
     model, config, _, path = exported
     images = tf.constant(_images())
     module = tf.saved_model.load(os.path.join(path, "head_0"))
     np.testing.assert_allclose(module(images, trainable=False)["logits_sup"],
                                model(images, training=False)["logits_sup"], atol=1e-5)
-    plain = export_hub_modules(model, str(tmp_path), config=config, step=1)
+    # Training mode moves the module's own BN statistics: compare each call
+    # with the other convention on a fresh load.
+    for flag in (False, True):
+        ours = tf.saved_model.load(os.path.join(path, "head_0"))
+        np.testing.assert_allclose(module(images, trainable=flag)["logits_sup"],
+                                   ours(images, training=flag)["logits_sup"], atol=1e-5)
+    plain = export_hub_modules(model, str(tmp_path), config=config, step=1,
+                               official_call_convention=False)
     module = tf.saved_model.load(os.path.join(plain, "head_0"))
     with pytest.raises((TypeError, ValueError)):
         module(images, trainable=False)
+
+
+def test_the_authors_notebook_code_path_runs_on_our_export(exported):
+    """The authors' tf2 fine-tuning and inference colabs, as their README
+    shows them: a Keras model that holds tf.saved_model.load(path), calls it
+    with `trainable=False`, trains a new Dense head on `final_avg_pool` with
+    a GradientTape inside `call`, in a tf.function step; inference reads
+    `logits_sup` of the same call."""
+    model, config, _, path = exported
+    num_classes = 3
+
+    class AuthorsStyleModel(tf_keras.Model):
+        def __init__(self, saved_model_path):
+            super().__init__()
+            self.saved_model = tf.saved_model.load(saved_model_path)
+            self.dense_layer = tf_keras.layers.Dense(units=num_classes,
+                                                     name="head_supervised_new")
+            self.optimizer = tf_keras.optimizers.SGD(0.5, momentum=0.9)
+
+        def call(self, x):
+            with tf.GradientTape() as tape:
+                outputs = self.saved_model(x["image"], trainable=False)
+                logits_t = self.dense_layer(outputs["final_avg_pool"])
+                loss_t = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
+                    labels=tf.one_hot(x["label"], num_classes), logits=logits_t))
+            weights = self.dense_layer.trainable_weights
+            grads = tape.gradient(loss_t, weights)
+            self.optimizer.apply_gradients(zip(grads, weights))
+            return loss_t, x["image"], logits_t, x["label"]
+
+    authors = AuthorsStyleModel(os.path.join(path, "head_0"))
+
+    @tf.function
+    def train_step(x):
+        return authors(x)
+
+    batch = {"image": tf.constant(_images(12, seed=5)),
+             "label": tf.constant(np.arange(12) % num_classes)}
+    losses = [float(train_step(batch)[0]) for _ in range(15)]
+    # The tiny random network's features are small, so the head learns
+    # slowly; what matters is that it learns through this call path.
+    assert losses[-1] < losses[0] - 0.005, losses
+    assert float(tf.reduce_max(tf.abs(authors.dense_layer.kernel))) > 0
+    # Inference as in their load_and_inference colab.
+    images = tf.constant(_images())
+    logits = authors.saved_model(images, trainable=False)["logits_sup"]
+    np.testing.assert_allclose(logits, model(images, training=False)["logits_sup"],
+                               atol=1e-5)
+    np.testing.assert_array_equal(tf.argmax(logits, -1),
+                                  tf.argmax(model(images, training=False)["logits_sup"], -1))
 
 
 def test_metadata_and_readme_describe_the_module(exported):
@@ -125,6 +182,7 @@ def test_metadata_and_readme_describe_the_module(exported):
     assert meta["head"] == 2 and meta["default_output"] == "proj_head_layer2"
     assert meta["image_size"] == 32 and "[0, 1]" in meta["input"]
     assert meta["step"] == STEP and meta["official_call_convention"] is True
+    assert meta["train_mode"] is None  # a live model: the caller did not say
     assert meta["experiment"]["model"]["depth"] == config.model.depth
     readme = open(os.path.join(path, "head_2", "README.md")).read()
     assert "hub.KerasLayer" in readme and "TFSMLayer" in readme
@@ -277,14 +335,15 @@ def test_export_command_exports_a_training_run(shared_runs, tmp_path):
     env = dict(os.environ)
     command = [sys.executable, os.path.join(ROOT, "export", "export_hub.py")]
     again = str(tmp_path / "again")  # absolute: outside the (shared) run directory
-    result = subprocess.run(command + [f"--model_dir={model_dir}", f"--export_dir={again}",
-                                       "--official_call_convention"],
+    result = subprocess.run(command + [f"--model_dir={model_dir}", f"--export_dir={again}"],
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     exported = os.path.join(again, str(SHARED_PRETRAIN_STEPS))
     assert f"exported hub modules to {exported}" in result.stdout
     module = tf.saved_model.load(os.path.join(exported, "head_3"))
     reference = tf.saved_model.load(os.path.join(at_end, "head_3"))
+    for export in (exported, at_end):  # the run's own mode, not the experiment's
+        assert read_export_metadata(os.path.join(export, "head_3"))["train_mode"] == "pretrain"
     images = tf.constant(_images())
     np.testing.assert_allclose(module(images, trainable=False)["default"],
                                reference(images, training=False)["default"], atol=1e-5)

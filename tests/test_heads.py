@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf2.heads import ProjectionHead, SupervisedHead, resolve_selector
+from simclr_tf2.layers import NormSettings
 
 
 def _param_count(layer):
@@ -89,7 +90,7 @@ def test_supervised_head_and_zero_init():
 
 def test_head_get_config_round_trips():
     head = ProjectionHead("nonlinear", num_proj_layers=2, proj_out_dim=8, keep_layers=1,
-                          bn_momentum=0.8)
+                          norm=NormSettings(momentum=0.8))
     assert ProjectionHead.from_config(head.get_config()).get_config() == head.get_config()
     sup = SupervisedHead(3, zero_init=True)
     assert SupervisedHead.from_config(sup.get_config()).get_config() == sup.get_config()

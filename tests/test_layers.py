@@ -6,7 +6,7 @@ import tf_keras
 
 from numpy_reference import batch_norm_inference, conv2d, softmax
 from simclr_tf2.backbones.blocks import ProjectionShortcut, ResidualBlock, ResNetStem
-from simclr_tf2.layers import (BatchNormRelu, FixedPaddingConv2D,
+from simclr_tf2.layers import (BatchNormRelu, FixedPaddingConv2D, NormSettings,
                                SelectiveKernelAttention, SelectiveKernelConv2D,
                                SqueezeExcite)
 
@@ -155,14 +155,15 @@ def test_resnet_d_shortcut_pads_after_and_average_pools():
 LAYER_FACTORIES = [
     lambda: FixedPaddingConv2D(8, 3, 2, name="c"),
     lambda: BatchNormRelu(relu=False, zero_init=True, momentum=0.8, epsilon=1e-3),
-    lambda: SelectiveKernelAttention(8, sk_ratio=0.5, min_dim=4, bn_momentum=0.8),
+    lambda: SelectiveKernelAttention(8, sk_ratio=0.5, min_dim=4,
+                                     norm=NormSettings(momentum=0.8)),
     lambda: SelectiveKernelConv2D(8, strides=2, sk_ratio=0.25, min_dim=4),
     lambda: SqueezeExcite(8, 0.5),
-    lambda: ProjectionShortcut(8, 2, resnet_d=True, bn_epsilon=1e-3),
+    lambda: ProjectionShortcut(8, 2, resnet_d=True, norm=NormSettings(epsilon=1e-3)),
     lambda: ResidualBlock("bottleneck", 4, 2, use_projection=True, sk_ratio=0.5,
                           se_ratio=0.25, resnet_d=True),
     lambda: ResidualBlock("basic", 4, 1, use_projection=True),
-    lambda: ResNetStem(8, "resnet_d", sync_bn=True),
+    lambda: ResNetStem(8, "resnet_d", norm=NormSettings(synchronized=True)),
 ]
 
 
@@ -172,6 +173,10 @@ def test_layer_get_config_round_trips(factory):
     config = layer.get_config()
     clone = type(layer).from_config(config)
     assert clone.get_config() == config
+    if hasattr(layer, "norm"):  # the settings reach every batch norm inside
+        norms = [l for l in layer._flatten_layers() if isinstance(l, BatchNormRelu)]
+        assert norms and all((n.momentum, n.epsilon, n.synchronized) == (
+            layer.norm.momentum, layer.norm.epsilon, layer.norm.synchronized) for n in norms)
     if isinstance(layer, SelectiveKernelAttention):
         x = [np.random.rand(2, 4, 4, 8).astype(np.float32)] * 2
     else:

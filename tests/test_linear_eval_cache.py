@@ -96,7 +96,7 @@ def test_frozen_features_are_the_networks_finetune_input_on_each_training_view()
     """Fewer labelled images than one eval batch; rows outside the subset zero."""
     from simclr_tf2.data import augment
     from simclr_tf2.training.learner import Learner
-    from simclr_tf2.training.runner import frozen_features
+    from simclr_tf2.training.precompute import frozen_features
     config = _config(**{"train.eval_batch_size": 64})
     source = make_source(config.data, config.data.train_split, labelled=True)
     indices = np.array([3, 50, 7, 400, 11])

@@ -1,7 +1,6 @@
 """Import of the authors' released SavedModels (stand-ins built from the
 reference layout: exact variable names and shapes, authors' call convention)."""
 import dataclasses
-import os
 
 import numpy as np
 import pytest
@@ -115,7 +114,7 @@ def test_checkpoint_flag_accepts_an_official_savedmodel(tmp_path):
 def test_an_official_savedmodel_can_be_a_distillation_teacher(official):
     from simclr_tf2.training.teacher import load_teacher
     _, _, path = official
-    teacher = load_teacher(path, image_size=64)
+    teacher = load_teacher(path)
     images = tf.constant(np.random.default_rng(1).uniform(size=(3, 64, 64, 3)), tf.float32)
     expected = tf.saved_model.load(path)(images, trainable=False)["logits_sup"]
     np.testing.assert_allclose(teacher(images), expected, atol=1e-5)

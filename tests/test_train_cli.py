@@ -305,7 +305,7 @@ def test_two_local_workers_train_and_write_one_checkpoint(tmp_path):
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
         shared_runs, tmp_path):
-    from simclr_tf2.training.runner import NonFiniteLossError
+    from simclr_tf2.errors import NonFiniteLossError
     model_dir = _copy_run(shared_runs["pretrain"], tmp_path, "run")
     good = tf.train.latest_checkpoint(model_dir)
     config = _recorded_config(model_dir)
@@ -314,7 +314,8 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
     step = int(good.rsplit("-", 1)[1])
     loop = config.train.steps_per_loop
     with pytest.raises(NonFiniteLossError, match=rf"non-finite loss .* up to {step + loop}"):
-        run(exploding, RunConfig(mode="pretrain", model_dir=model_dir), verbose=False)
+        run(exploding, RunConfig(mode="pretrain", model_dir=model_dir,
+                                 accept_changed_settings=True), verbose=False)
     assert tf.train.latest_checkpoint(model_dir) == good
 
 

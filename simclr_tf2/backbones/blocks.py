@@ -77,12 +77,10 @@ class ResidualBlock(NormalizedLayer):
         self.sk_ratio = sk_ratio
         self.se_ratio = se_ratio
         self.resnet_d = resnet_d
-        bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                  sync_bn=self.sync_bn)
         out_filters = filters * (4 if block_type == "bottleneck" else 1)
 
         self.shortcut = (ProjectionShortcut(out_filters, strides, resnet_d,
-                                            name="shortcut", **bn)
+                                            name="shortcut", norm=self.norm)
                          if use_projection else None)
         # The residual branch as a list of layers applied in order.
         branch = []
@@ -95,7 +93,7 @@ class ResidualBlock(NormalizedLayer):
                        self.batch_norm_relu(name="bn1")]
             if sk_ratio > 0:
                 branch += [SelectiveKernelConv2D(filters, strides, sk_ratio,
-                                                 name="sk_conv2", **bn)]
+                                                 name="sk_conv2", norm=self.norm)]
             else:
                 branch += [FixedPaddingConv2D(filters, 3, strides, name="conv2"),
                            self.batch_norm_relu(name="bn2")]
@@ -144,8 +142,7 @@ class BlockGroup(NormalizedLayer):
         self.se_ratio = se_ratio
         self.resnet_d = resnet_d
         common = dict(sk_ratio=sk_ratio, se_ratio=se_ratio, resnet_d=resnet_d,
-                      bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                      sync_bn=self.sync_bn)
+                      norm=self.norm)
         self.blocks = [
             ResidualBlock(block_type, filters, strides if i == 0 else 1,
                           use_projection=(i == 0), name=f"block{i + 1}", **common)

@@ -1,11 +1,13 @@
 """The SimCLRv2 ResNet family as a table: depth -> (block type, blocks per group)."""
-from typing import Dict
+import dataclasses
+from typing import Dict, Union
 
 import tensorflow as tf
 import tf_keras
 
 from simclr_tf2.backbones.blocks import BlockGroup, ResNetStem
 from simclr_tf2.configs.schema import ModelConfig, check
+from simclr_tf2.layers.conv_bn import NormSettings
 
 RESNET_SPECS = {
     18: ("basic", (2, 2, 2, 2)),
@@ -36,8 +38,7 @@ class ResNet(tf_keras.Model):
 
     def __init__(self, depth: int = 50, width_multiplier: float = 1.0,
                  sk_ratio: float = 0.0, se_ratio: float = 0.0,
-                 cifar_stem: bool = False, bn_momentum: float = 0.9,
-                 bn_epsilon: float = 1e-5, sync_bn: bool = False,
+                 cifar_stem: bool = False, norm: Union[NormSettings, Dict, None] = None,
                  fine_tune_after_block: int = -1, **kwargs):
         kwargs.setdefault("name", "resnet")
         super().__init__(**kwargs)
@@ -60,11 +61,9 @@ class ResNet(tf_keras.Model):
         self.sk_ratio = sk_ratio
         self.se_ratio = se_ratio
         self.cifar_stem = cifar_stem
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
-        self.sync_bn = sync_bn
+        self.norm = NormSettings.of(norm)
         resnet_d = sk_ratio > 0
-        bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, sync_bn=sync_bn)
+        bn = dict(norm=self.norm)
         stem_type = "cifar" if cifar_stem else ("resnet_d" if resnet_d else "imagenet")
         self.stem = ResNetStem(self.scaled(64), stem_type, name="stem", **bn)
         self.block_groups = [
@@ -115,8 +114,7 @@ class ResNet(tf_keras.Model):
         return dict(name=self.name, depth=self.depth,
                     width_multiplier=self.width_multiplier,
                     sk_ratio=self.sk_ratio, se_ratio=self.se_ratio,
-                    cifar_stem=self.cifar_stem, bn_momentum=self.bn_momentum,
-                    bn_epsilon=self.bn_epsilon, sync_bn=self.sync_bn,
+                    cifar_stem=self.cifar_stem, norm=dataclasses.asdict(self.norm),
                     fine_tune_after_block=self.fine_tune_after_block)
 
     @classmethod
@@ -143,11 +141,16 @@ def build_resnet(depth: int, width_multiplier: float = 1.0,
     """
     model = ResNet(depth=depth, width_multiplier=width_multiplier,
                    sk_ratio=sk_ratio, se_ratio=se_ratio, cifar_stem=cifar_stem,
-                   bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-                   sync_bn=sync_bn, fine_tune_after_block=fine_tune_after_block,
+                   norm=NormSettings(bn_momentum, bn_epsilon, sync_bn),
+                   fine_tune_after_block=fine_tune_after_block,
                    name=name)
     model.build((None, None, None, 3))
     return model
+
+
+def norm_settings(config: ModelConfig) -> NormSettings:
+    """The batch-norm settings of a ModelConfig, as the layers take them."""
+    return NormSettings(config.bn_momentum, config.bn_epsilon, config.sync_bn)
 
 
 def build_resnet_from_config(config: ModelConfig, **overrides) -> ResNet:

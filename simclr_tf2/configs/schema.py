@@ -8,10 +8,10 @@ import dataclasses
 import json
 from typing import Any, Dict, Optional
 
+from simclr_tf2.configs.fields import check, check_choice, check_range, setting
+
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 PROJ_HEAD_MODES = ("none", "linear", "nonlinear")
-MODES = ("pretrain", "finetune", "linear_eval", "eval", "train_then_eval",
-         "distill")
 OPTIMIZERS = ("lars", "momentum", "adam")
 LR_SCALINGS = ("linear", "sqrt")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -19,70 +19,48 @@ BN_RECOMPUTE_IMAGES = ("labelled", "all")
 CONTRAST_KEYS = ("online", "momentum", "both")
 
 
-def check(condition: bool, message: str) -> None:
-    """Raises ValueError(message) unless condition holds."""
-    if not condition:
-        raise ValueError(message)
-
-
-def _check_choice(name: str, value: Any, choices) -> None:
-    check(value in choices,
-          f"{name} must be one of {list(choices)}. Received: {name}={value!r}")
-
-
-def _check_range(name: str, value, low=None, high=None, low_inclusive=True):
-    ok = True
-    if low is not None:
-        ok = value >= low if low_inclusive else value > low
-    if high is not None:
-        ok = ok and value <= high
-    bounds = []
-    if low is not None:
-        bounds.append(f"{'>=' if low_inclusive else '>'} {low}")
-    if high is not None:
-        bounds.append(f"<= {high}")
-    check(ok, f"{name} must be {' and '.join(bounds)}. Received: {name}={value!r}")
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Backbone and heads."""
-    depth: int = 50
-    width_multiplier: float = 1.0
-    sk_ratio: float = 0.0
-    se_ratio: float = 0.0
-    cifar_stem: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    # Cross-replica (global) batch norm, as in the paper. Identical to plain
-    # batch norm with one replica.
-    sync_bn: bool = True
-    # -1 trains everything; k freezes the stem and block groups 1..k.
-    fine_tune_after_block: int = -1
-    proj_head_mode: str = "nonlinear"
-    proj_out_dim: int = 128
-    num_proj_layers: int = 3
-    # Fine-tuning input: 0 = backbone output, k = projection layer k, -1 = last.
-    ft_proj_selector: int = 0
-    # Supervised head size; 0 means no supervised head.
-    num_classes: int = 0
+    depth: int = setting(50, "ResNet depth: 18, 34, 50, 101, 152 or 200.")
+    width_multiplier: float = setting(1.0,
+        "ResNet width multiplier (1, 2, 3; fractions for small models).")
+    sk_ratio: float = setting(0.0,
+        "Selective-kernel ratio; 0 = off, 0.0625 as in the released SK models (bottleneck"
+        " ResNets only).")
+    se_ratio: float = setting(0.0, "Squeeze-excite ratio; 0 = off.")
+    cifar_stem: bool = setting(False, "3x3 stride-1 stem without max-pool (32 px images).")
+    bn_momentum: float = setting(0.9, "Batch-norm moving-average decay.")
+    bn_epsilon: float = setting(1e-5, "Batch-norm epsilon.")
+    sync_bn: bool = setting(True, "Cross-replica (global) batch norm, as in the paper; the "
+                                  "same as plain batch norm on one replica.")
+    fine_tune_after_block: int = setting(-1,
+        "Fine-tuning only: freeze the stem and block groups 1..k (-1 trains all, 4 = "
+        "linear eval).")
+    proj_head_mode: str = setting("nonlinear", "Projection head: none, linear or nonlinear.")
+    proj_out_dim: int = setting(128, "Width of the projection output.")
+    num_proj_layers: int = setting(3, "Projection layers (nonlinear mode; 3 in SimCLRv2).")
+    ft_proj_selector: int = setting(0,
+        "Fine-tune from this head layer: 0 = backbone output, 1 = first projection layer "
+        "(SimCLRv2), -1 = last.")
+    num_classes: int = setting(0, "Supervised head classes; 0 = none. Must match the data.")
 
     def __post_init__(self):
-        _check_choice("depth", self.depth, RESNET_DEPTHS)
-        _check_range("width_multiplier", self.width_multiplier, 0,
+        check_choice("depth", self.depth, RESNET_DEPTHS)
+        check_range("width_multiplier", self.width_multiplier, 0,
                      low_inclusive=False)
-        _check_range("sk_ratio", self.sk_ratio, 0)
-        _check_range("se_ratio", self.se_ratio, 0)
+        check_range("sk_ratio", self.sk_ratio, 0)
+        check_range("se_ratio", self.se_ratio, 0)
         check(not (self.sk_ratio > 0 and self.depth < 50),
               f"sk_ratio applies to bottleneck blocks (depth >= 50); depth "
               f"{self.depth} uses basic blocks. Received: sk_ratio={self.sk_ratio}")
-        _check_range("bn_momentum", self.bn_momentum, 0, 1)
-        _check_range("bn_epsilon", self.bn_epsilon, 0, low_inclusive=False)
-        _check_range("fine_tune_after_block", self.fine_tune_after_block, -1, 4)
-        _check_choice("proj_head_mode", self.proj_head_mode, PROJ_HEAD_MODES)
-        _check_range("proj_out_dim", self.proj_out_dim, 1)
-        _check_range("num_proj_layers", self.num_proj_layers, 1)
-        _check_range("num_classes", self.num_classes, 0)
+        check_range("bn_momentum", self.bn_momentum, 0, 1)
+        check_range("bn_epsilon", self.bn_epsilon, 0, low_inclusive=False)
+        check_range("fine_tune_after_block", self.fine_tune_after_block, -1, 4)
+        check_choice("proj_head_mode", self.proj_head_mode, PROJ_HEAD_MODES)
+        check_range("proj_out_dim", self.proj_out_dim, 1)
+        check_range("num_proj_layers", self.num_proj_layers, 1)
+        check_range("num_classes", self.num_classes, 0)
         num_layers = {"none": 0, "linear": 1}.get(self.proj_head_mode,
                                                  self.num_proj_layers)
         check(-(num_layers + 1) <= self.ft_proj_selector <= num_layers,
@@ -96,38 +74,52 @@ class ModelConfig:
 class DataConfig:
     """Where images come from and how they are augmented."""
     # 'digits' | 'mnist5k' (built in, offline) | 'folder' | any tfds name.
-    dataset: str = "digits"
-    data_dir: Optional[str] = None
-    image_size: int = 32
-    train_split: str = "train"
-    eval_split: str = "test"
-    # Fraction of labelled training examples to use (stratified, seeded).
-    label_fraction: float = 1.0
-    # Optional file of example ids that defines the labelled subset.
-    label_ids_file: Optional[str] = None
-    color_jitter_strength: float = 1.0
-    use_blur: bool = True
+    dataset: str = setting("digits",
+        "digits or mnist5k (built in, offline), folder (set data_dir), or a "
+        "tensorflow-datasets name such as imagenet2012, cifar10.")
+    data_dir: Optional[str] = setting(None, "Image folder (dataset=folder) or tfds data_dir.")
+    image_size: int = setting(32, "Side of the (square) training images in pixels.")
+    train_split: str = setting("train",
+        "Training split (tfds split; sub-folder of an image folder when it exists).")
+    eval_split: str = setting("test", "Evaluation split.")
+    label_fraction: float = setting(1.0,
+        "Fine-tuning: stratified fraction of the training labels to use (0.01, 0.1, ...).")
+    label_ids_file: Optional[str] = setting(None,
+        "Fine-tuning: file of example ids (one per line) that defines the labelled "
+        "subset.")
+    color_jitter_strength: float = setting(1.0,
+        "Colour jitter strength s (1.0 ImageNet, 0.5 CIFAR).")
+    use_blur: bool = setting(True, "Gaussian blur in pretraining views.")
     # Smallest crop area fraction of the random resized crop (paper: 0.08),
     # and the horizontal flip (paper: on), for pretraining and fine-tuning.
-    crop_area_min: float = 0.08
-    use_flip: bool = True
-    cache: bool = False
-    shuffle_buffer: int = 10000
-    seed: int = 0
+    crop_area_min: float = setting(0.08,
+        "Smallest area fraction of the random resized crop (paper 0.08; larger for small "
+        "images such as digits).")
+    use_flip: bool = setting(True,
+        "Random horizontal flip in pretraining and fine-tuning views (off for "
+        "orientation-sensitive images such as digits).")
+    cache: bool = setting(False, "Cache decoded images in memory.")
+    shuffle_buffer: int = setting(10000,
+        "Shuffle buffer for sequential sources (tfds); folders and built-in data shuffle "
+        "fully.")
+    seed: int = setting(0,
+        "Seed of shuffling, augmentation and label subsets.", flag="data_seed")
     # Let tfds download and prepare a dataset that is not in data_dir yet.
-    tfds_download: bool = False
+    tfds_download: bool = setting(False,
+        "Let tfds download a dataset missing from data_dir (off: never download).")
     # Fully decode every image of a folder once when it is scanned, so corrupt
     # files are skipped up front (turn off for very large folders).
-    verify_images: bool = True
+    verify_images: bool = setting(True,
+        "Decode every folder image once up front and skip corrupt files.")
 
     def __post_init__(self):
         check(bool(self.dataset), "dataset must be set. Received: dataset=''")
-        _check_range("image_size", self.image_size, 8)
-        _check_range("label_fraction", self.label_fraction, 0, 1,
+        check_range("image_size", self.image_size, 8)
+        check_range("label_fraction", self.label_fraction, 0, 1,
                      low_inclusive=False)
-        _check_range("color_jitter_strength", self.color_jitter_strength, 0)
-        _check_range("crop_area_min", self.crop_area_min, 0, 1, low_inclusive=False)
-        _check_range("shuffle_buffer", self.shuffle_buffer, 0)
+        check_range("color_jitter_strength", self.color_jitter_strength, 0)
+        check_range("crop_area_min", self.crop_area_min, 0, 1, low_inclusive=False)
+        check_range("shuffle_buffer", self.shuffle_buffer, 0)
         check(self.dataset != "folder" or bool(self.data_dir),
               "dataset='folder' needs data_dir pointing at the image folder. "
               "Received: data_dir=None")
@@ -135,85 +127,101 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and the training loop."""
-    mode: str = "pretrain"
-    train_batch_size: int = 512
-    eval_batch_size: int = 256
-    train_epochs: int = 100
-    # When > 0, overrides train_epochs.
-    train_steps: int = 0
-    optimizer: str = "lars"
-    learning_rate: float = 0.3
-    learning_rate_scaling: str = "linear"
-    warmup_epochs: float = 10.0
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
-    temperature: float = 0.1
-    hidden_norm: bool = True
-    lineareval_while_pretraining: bool = True
-    zero_init_logits_layer: bool = False
+    """Optimisation and the training loop (what a run trains is the run's
+    mode, RunConfig.mode, not part of the experiment)."""
+    train_batch_size: int = setting(512, "Global training batch size.")
+    eval_batch_size: int = setting(256, "Global evaluation batch size.")
+    train_epochs: int = setting(100, "Training length in epochs.")
+    train_steps: int = setting(0, "Training length in steps; overrides train_epochs when > 0.")
+    optimizer: str = setting("lars", "lars, momentum or adam.")
+    learning_rate: float = setting(0.3, "Base learning rate (scaled by learning_rate_scaling).")
+    learning_rate_scaling: str = setting("linear",
+        "linear (lr x B/256) or sqrt (lr x sqrt(B)).")
+    warmup_epochs: float = setting(10.0, "Linear warm-up epochs before cosine decay.")
+    weight_decay: float = setting(1e-6, "Weight decay.")
+    momentum: float = setting(0.9, "Optimizer momentum.")
+    temperature: float = setting(0.1, "NT-Xent temperature.")
+    hidden_norm: bool = setting(True, "L2-normalise projections in NT-Xent.")
+    lineareval_while_pretraining: bool = setting(True,
+        "Train a linear head on stop-gradient features while pretraining (needs labels).")
+    zero_init_logits_layer: bool = setting(False,
+        "Start the supervised head at zero when fine-tuning.")
     # Distillation: softmax temperature tau of teacher and student, and the
     # weight alpha of the supervised loss on labelled images (0 = none).
-    distill_temperature: float = 1.0
-    distill_alpha: float = 0.0
+    distill_temperature: float = setting(1.0,
+        "Distillation: softmax temperature of teacher and student.")
+    distill_alpha: float = setting(0.0,
+        "Distillation: weight of the supervised loss on the labelled subset (0 = "
+        "unlabeled only).")
     # Compute the teacher's logits once per image (on the eval view) before
     # training instead of on every augmented view: for big teachers.
-    distill_precompute: bool = False
+    distill_precompute: bool = setting(False,
+        "Distillation: teacher logits once per image (eval view) before training, for big"
+        " teachers; default: on every augmented view.")
     # After supervised training (finetune, linear_eval, distill), replace the
     # batch-norm moving averages by the mean batch statistics of the final
     # weights over the eval view of the run's own training images (at most
     # bn_recompute_batches full batches). For small labelled sets.
-    bn_recompute: bool = False
-    bn_recompute_batches: int = 100
+    bn_recompute: bool = setting(False,
+        "After supervised training, recompute the batch-norm statistics over the eval "
+        "view of the run's own training images (final weights; never eval data): for "
+        "small labelled sets.")
+    bn_recompute_batches: int = setting(100, "bn_recompute: at most this many full batches.")
     # Which training images: "labelled" (the images the run trained on) or
     # "all" (the whole training split, labels unused: with a label fraction,
     # the unlabeled rest too). Never evaluation images.
-    bn_recompute_images: str = "labelled"
+    bn_recompute_images: str = setting("labelled",
+        "bn_recompute over which training images: labelled (those the run trained on) or "
+        "all (the whole training split, labels unused; with a label fraction, the "
+        "unlabeled rest too).")
     # linear_eval: compute the frozen network's features of every training
     # image once, then train the linear head on them (same result, far less
     # compute). Only when the training view is deterministic: crop_area_min=1
     # (the whole image) and use_flip=False.
-    linear_eval_cache_features: bool = False
-    precision: str = "float32"
-    steps_per_loop: int = 100
-    summary_interval: int = 100
-    checkpoint_interval: int = 1000
-    keep_checkpoint_max: int = 5
-    seed: int = 0
+    linear_eval_cache_features: bool = setting(False,
+        "Linear eval: compute the frozen features of each training image once and train "
+        "the linear head on them (needs crop_area_min=1 and nouse_flip: a deterministic "
+        "training view).")
+    precision: str = setting("float32",
+        "float32, mixed_bfloat16 (TPU) or mixed_float16 (GPU, with loss scaling).")
+    steps_per_loop: int = setting(100, "Steps per host loop (progress line).")
+    summary_interval: int = setting(100,
+        "Steps between TensorBoard summaries (a multiple of steps_per_loop).")
+    checkpoint_interval: int = setting(1000, "Steps between checkpoints.")
+    keep_checkpoint_max: int = setting(5, "Checkpoints to keep.")
+    seed: int = setting(0, "Seed of model initialisation.")
 
     def __post_init__(self):
-        _check_choice("mode", self.mode, MODES)
-        _check_range("train_batch_size", self.train_batch_size, 1)
-        _check_range("eval_batch_size", self.eval_batch_size, 1)
-        _check_range("train_epochs", self.train_epochs, 0)
-        _check_range("train_steps", self.train_steps, 0)
+        check_range("train_batch_size", self.train_batch_size, 1)
+        check_range("eval_batch_size", self.eval_batch_size, 1)
+        check_range("train_epochs", self.train_epochs, 0)
+        check_range("train_steps", self.train_steps, 0)
         check(self.train_epochs > 0 or self.train_steps > 0,
               "one of train_epochs or train_steps must be > 0. Received: "
               f"train_epochs={self.train_epochs}, train_steps={self.train_steps}")
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_range("learning_rate", self.learning_rate, 0)
-        _check_choice("learning_rate_scaling", self.learning_rate_scaling,
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_range("learning_rate", self.learning_rate, 0)
+        check_choice("learning_rate_scaling", self.learning_rate_scaling,
                       LR_SCALINGS)
-        _check_range("warmup_epochs", self.warmup_epochs, 0)
-        _check_range("weight_decay", self.weight_decay, 0)
-        _check_range("momentum", self.momentum, 0, 1)
-        _check_range("temperature", self.temperature, 0, low_inclusive=False)
-        _check_range("distill_temperature", self.distill_temperature, 0,
+        check_range("warmup_epochs", self.warmup_epochs, 0)
+        check_range("weight_decay", self.weight_decay, 0)
+        check_range("momentum", self.momentum, 0, 1)
+        check_range("temperature", self.temperature, 0, low_inclusive=False)
+        check_range("distill_temperature", self.distill_temperature, 0,
                      low_inclusive=False)
-        _check_range("distill_alpha", self.distill_alpha, 0)
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("bn_recompute_images", self.bn_recompute_images, BN_RECOMPUTE_IMAGES)
+        check_range("distill_alpha", self.distill_alpha, 0)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("bn_recompute_images", self.bn_recompute_images, BN_RECOMPUTE_IMAGES)
         for name in ("steps_per_loop", "summary_interval", "checkpoint_interval",
                      "keep_checkpoint_max", "bn_recompute_batches"):
-            _check_range(name, getattr(self, name), 1)
+            check_range(name, getattr(self, name), 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class MemoryConfig:
     """MoCo-style memory: momentum encoder + FIFO queue of negatives."""
-    # Number of queued keys; 0 means plain SimCLR (no memory).
-    queue_size: int = 0
-    momentum: float = 0.999
+    queue_size: int = setting(0, "Memory queue of negatives (0 = plain SimCLR).")
+    momentum: float = setting(0.999, "Momentum-encoder EMA decay.", flag="memory_momentum")
     # What each anchor (an online projection) is contrasted with:
     # "both" (default): the mean of SimCLR's loss among the online
     #   projections and a MoCo-style loss whose positive and in-batch
@@ -223,35 +231,48 @@ class MemoryConfig:
     #   momentum encoder then, and on mnist5k it escapes the queued keys by
     #   collapsing its embedding (bench/RESULTS.md, "Memory");
     # "momentum": the momentum encoder's keys only, plus the queue (MoCo).
-    contrast_keys: str = "both"
-    # Temperature of the logits against queued keys; 0 = train.temperature.
-    queue_temperature: float = 0.0
-    # Each queued key counts as this many negatives in the softmax.
-    queue_weight: float = 1.0
+    contrast_keys: str = setting("both",
+        "With memory: both (default: SimCLR's loss among the online projections averaged "
+        "with a MoCo-style loss against the momentum encoder's keys and the queue), "
+        "online (the online projections plus the queue as extra negatives: the paper's "
+        "description, which collapses on mnist5k) or momentum (MoCo: keys only).",
+        flag='memory_contrast_keys')
+    queue_temperature: float = setting(0.0,
+        "With memory: temperature of the logits against queued keys (0 = --temperature).")
+    queue_weight: float = setting(1.0,
+        "With memory: each queued key counts as this many negatives in the softmax (1 = "
+        "plain).")
     # Subtract the mean of the valid queued keys from each of them (then
     # re-normalise with hidden_norm) before they are used as negatives.
-    center_queue: bool = False
+    center_queue: bool = setting(False,
+        "With memory: subtract the queue's mean key from the queued keys.")
     # The queue is filled from the first step but used as negatives only
     # from this step on.
-    warmup_steps: int = 0
+    warmup_steps: int = setting(0,
+        "With memory: use the queue as negatives only from this step on.",
+        flag='memory_warmup_steps')
     # Leave out queued keys that came from an image of the current batch
     # (an image seen again is not a negative of itself).
-    exclude_own_images: bool = False
+    exclude_own_images: bool = setting(False,
+        "With memory: leave out queued keys of the current batch's own images.")
     # Batch norm in this many groups of each replica's 2 x batch images during
     # the pretraining step (the online network, and the momentum encoder with
     # its images shuffled first): the one-device form of MoCo's shuffling BN,
     # so a query and its key are not normalised with the same images. Applies
     # without memory too (ghost batch norm). 0 or 1 = off.
-    bn_splits: int = 0
+    bn_splits: int = setting(0,
+        "Pretraining: batch norm in this many groups of each replica's 2 x batch images, "
+        "the momentum encoder's shuffled first (one-device shuffling BN, as in MoCo; "
+        "without memory, ghost BN); 0 = whole batch.", flag="memory_bn_splits")
 
     def __post_init__(self):
-        _check_range("queue_size", self.queue_size, 0)
-        _check_range("bn_splits", self.bn_splits, 0)
-        _check_range("momentum", self.momentum, 0, 1)
-        _check_choice("contrast_keys", self.contrast_keys, CONTRAST_KEYS)
-        _check_range("queue_temperature", self.queue_temperature, 0)
-        _check_range("queue_weight", self.queue_weight, 0, low_inclusive=False)
-        _check_range("warmup_steps", self.warmup_steps, 0)
+        check_range("queue_size", self.queue_size, 0)
+        check_range("bn_splits", self.bn_splits, 0)
+        check_range("momentum", self.momentum, 0, 1)
+        check_choice("contrast_keys", self.contrast_keys, CONTRAST_KEYS)
+        check_range("queue_temperature", self.queue_temperature, 0)
+        check_range("queue_weight", self.queue_weight, 0, low_inclusive=False)
+        check_range("warmup_steps", self.warmup_steps, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,42 +284,50 @@ class MonitorConfig:
     # pretraining optimizer and learning rate. 0.01: at 0.1 the probe of the
     # digits demo diverged while LARS's learning rate peaked (probe loss 57
     # at step 60) as the features grew; 0.1 suits mnist5k's flagfile.
-    probe_learning_rate: float = 0.01
+    probe_learning_rate: float = setting(0.01,
+        "Pretraining: learning rate of the online linear probe's own momentum-SGD "
+        "optimizer (fixed; independent of --learning_rate). If probe_loss climbs, lower "
+        "it.")
     # Every knn_interval steps (rounded up to whole loops of steps_per_loop;
     # 0 = off) and at the end: weighted kNN top-1 of eval-split images against training
     # images, and the effective rank of the training images' features (the
     # backbone output, eval view, inference mode).
-    knn_interval: int = 1000
-    knn_k: int = 200
-    knn_temperature: float = 0.1
+    knn_interval: int = setting(1000,
+        "Pretraining: every this many steps (rounded up to whole loops of steps_per_loop)"
+        " and at the end, report kNN top-1 and effective rank of the backbone (0 = off).")
+    knn_k: int = setting(200, "kNN monitor: neighbours that vote.")
+    knn_temperature: float = setting(0.1, "kNN monitor: votes weigh exp(cosine / temperature).")
     # At most this many training (bank) / eval (query) images, a seeded
     # random subset; 0 = all.
-    knn_bank_size: int = 10000
-    knn_eval_size: int = 10000
+    knn_bank_size: int = setting(10000,
+        "kNN monitor: at most this many training images in the bank, a seeded random "
+        "subset (0 = all).")
+    knn_eval_size: int = setting(10000,
+        "kNN monitor: at most this many eval-split images as queries (0 = all).")
 
     def __post_init__(self):
-        _check_range("probe_learning_rate", self.probe_learning_rate, 0)
-        _check_range("knn_interval", self.knn_interval, 0)
-        _check_range("knn_k", self.knn_k, 1)
-        _check_range("knn_temperature", self.knn_temperature, 0, low_inclusive=False)
-        _check_range("knn_bank_size", self.knn_bank_size, 0)
-        _check_range("knn_eval_size", self.knn_eval_size, 0)
+        check_range("probe_learning_rate", self.probe_learning_rate, 0)
+        check_range("knn_interval", self.knn_interval, 0)
+        check_range("knn_k", self.knn_k, 1)
+        check_range("knn_temperature", self.knn_temperature, 0, low_inclusive=False)
+        check_range("knn_bank_size", self.knn_bank_size, 0)
+        check_range("knn_eval_size", self.knn_eval_size, 0)
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """TF Hub SavedModel export."""
-    # Directory (inside the model dir when relative) for hub modules.
-    export_dir: str = "hub"
-    keep_hub_module_max: int = 1
-    # Also write the authors' `module(images, trainable=...)` call convention.
-    official_call_convention: bool = False
-    # Write hub modules when a training run finishes.
-    export_at_end: bool = True
+    export_dir: str = setting("hub", "Hub module directory (relative to model_dir).")
+    keep_hub_module_max: int = setting(1, "Hub module exports to keep.")
+    official_call_convention: bool = setting(True,
+        "Exports accept the authors' module(images, trainable=...) call as well as "
+        "training=; --noofficial_call_convention leaves it out (a smaller SavedModel).")
+    export_at_end: bool = setting(True,
+        "Export hub modules (one per projection-head layer) when training finishes.")
 
     def __post_init__(self):
         check(bool(self.export_dir), "export_dir must be set. Received: ''")
-        _check_range("keep_hub_module_max", self.keep_hub_module_max, 0)
+        check_range("keep_hub_module_max", self.keep_hub_module_max, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,6 +354,10 @@ class ExperimentConfig:
         built = {}
         for name, section in values.items():
             section_cls = _SECTION_TYPES[name]
+            if name == "train":
+                # Runs and exports written before 0.1.0 recorded an unused
+                # train.mode (always "pretrain"); the mode is the run's.
+                section = {k: v for k, v in section.items() if k != "mode"}
             known = {f.name for f in dataclasses.fields(section_cls)}
             bad = set(section) - known
             check(not bad, f"unknown {name} config fields: {sorted(bad)}")

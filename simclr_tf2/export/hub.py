@@ -32,7 +32,10 @@ import tf_keras
 
 from simclr_tf2.backbones import ENDPOINTS
 from simclr_tf2.configs.schema import ExperimentConfig, ModelConfig, check
+from simclr_tf2.errors import RunError
+from simclr_tf2.export.official import is_savedmodel_dir
 from simclr_tf2.models import SimCLRModel
+from simclr_tf2.rundir import restore_model
 
 log = logging.getLogger("simclr_tf2.export")
 
@@ -225,7 +228,8 @@ def export_hub_modules(model_or_dir: Union[SimCLRModel, str],
                        checkpoint: Optional[str] = None,
                        step: Optional[int] = None,
                        keep_hub_module_max: Optional[int] = None,
-                       official_call_convention: Optional[bool] = None) -> str:
+                       official_call_convention: Optional[bool] = None,
+                       train_mode: Optional[str] = None) -> str:
     """Writes `<export_dir>/<step>/head_0 .. head_N` and returns that directory.
 
     model_or_dir: a live SimCLRModel (then pass `config`, its experiment, for
@@ -234,12 +238,14 @@ def export_hub_modules(model_or_dir: Union[SimCLRModel, str],
       the latest).
     export_dir: for a model_dir, relative to it (default config.export.export_dir,
       'hub'); required for a live model.
+    train_mode: the training mode that made a live model (recorded in the
+      metadata; read from the run for a model_dir).
     keep_hub_module_max / official_call_convention: default from
       config.export. Older exports beyond keep_hub_module_max are deleted (0
       keeps all).
     """
     if isinstance(model_or_dir, str):
-        model, config, step, export_dir = _from_model_dir(
+        model, config, step, export_dir, train_mode = _from_model_dir(
             model_or_dir, export_dir, config, checkpoint, step)
     else:
         model = model_or_dir
@@ -278,7 +284,7 @@ def export_hub_modules(model_or_dir: Union[SimCLRModel, str],
             "num_variables": len(module.variables),
             "regularization": (f"weight_decay * sum(l2_loss(kernel)), weight_decay="
                                f"{weight_decay}" if module.regularization_losses else None),
-            "model_mode": copy.mode,
+            "model_mode": copy.mode, "train_mode": train_mode,
             "experiment": config.to_dict(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         }
@@ -306,32 +312,14 @@ def _publish(tmp: str, final: str, export_dir: str, step: int) -> None:
 
 
 def _from_model_dir(model_dir, export_dir, config, checkpoint, step):
-    from simclr_tf2.training.learner import model_config_for
-    from simclr_tf2.training.runner import CONFIG_FILE, resolve_checkpoint, trained_mode
-    config_path = os.path.join(model_dir, CONFIG_FILE)
-    if config is None:
-        if not tf.io.gfile.exists(config_path):
-            raise ExportError(f"{config_path} not found: export needs a model_dir "
-                              "written by simclr_tf2.train (or pass config=)")
-        with tf.io.gfile.GFile(config_path) as f:
-            config = ExperimentConfig.from_dict(json.load(f)["experiment"])
     try:
-        path = resolve_checkpoint(checkpoint or model_dir)
-    except RuntimeError as error:
+        restored = restore_model(checkpoint or model_dir, "pretrain", config=config)
+    except RunError as error:
         raise ExportError(f"nothing to export: {error}") from None
-    mode = trained_mode(model_dir, "pretrain")
-    model_config = model_config_for(config, mode)
-    model = SimCLRModel(model_config, mode="pretrain" if mode == "pretrain" else "finetune")
-    size = config.data.image_size
-    model(tf.zeros([1, size, size, 3]), training=False)
-    status = tf.train.Checkpoint(model=model).read(path)
-    status.assert_existing_objects_matched()
-    if step is None:
-        match = re.search(r"-(\d+)$", path)
-        step = int(match.group(1)) if match else 0
     # Relative export dirs live inside the model dir (absolute ones stay).
-    export_dir = os.path.join(model_dir, export_dir or config.export.export_dir)
-    return model, config, int(step), export_dir
+    export_dir = os.path.join(model_dir, export_dir or restored.config.export.export_dir)
+    step = restored.step if step is None else step
+    return restored.model, restored.config, int(step), export_dir, restored.mode
 
 
 # --------------------------------------------------------------------- load
@@ -343,7 +331,6 @@ def load_hub_module(path: str, trainable: bool = False,
     surrounding model trains). output_key=None returns the whole dict.
     """
     import tensorflow_hub as hub
-    from simclr_tf2.export.official import is_savedmodel_dir
     if not is_savedmodel_dir(path):
         raise ExportError(f"{path!r} is not a SavedModel directory (no saved_model.pb)")
     return hub.KerasLayer(path, trainable=trainable, output_key=output_key, **kwargs)

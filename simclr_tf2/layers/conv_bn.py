@@ -5,7 +5,9 @@ convolutions (pads more at the end), while SimCLR's released weights assume
 the symmetric k-1 padding of the TPU ResNets.
 """
 import contextlib
+import dataclasses
 import threading
+from typing import Dict, Union
 
 import tensorflow as tf
 import tf_keras
@@ -144,24 +146,33 @@ class BatchNormRelu(tf_keras.layers.Layer):
         return config
 
 
+@dataclasses.dataclass(frozen=True)
+class NormSettings:
+    """The batch-norm settings every BN layer of a network shares, passed
+    down as one object (a dict of these fields in Keras configs)."""
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    synchronized: bool = False  # cross-replica statistics
+
+    @classmethod
+    def of(cls, value: Union["NormSettings", Dict, None]) -> "NormSettings":
+        return value if isinstance(value, cls) else cls(**(value or {}))
+
+
 class NormalizedLayer(tf_keras.layers.Layer):
     """Base for layers that build BatchNormRelu layers with shared settings."""
 
-    def __init__(self, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
-                 sync_bn: bool = False, **kwargs):
+    def __init__(self, norm: Union[NormSettings, Dict, None] = None, **kwargs):
         super().__init__(**kwargs)
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
-        self.sync_bn = sync_bn
+        self.norm = NormSettings.of(norm)
 
     def batch_norm_relu(self, relu: bool = True, zero_init: bool = False,
                         center: bool = True, name: str = None) -> BatchNormRelu:
         return BatchNormRelu(relu=relu, zero_init=zero_init, center=center,
-                             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             synchronized=self.sync_bn, name=name)
+                             momentum=self.norm.momentum, epsilon=self.norm.epsilon,
+                             synchronized=self.norm.synchronized, name=name)
 
     def get_config(self):
         config = super().get_config()
-        config.update(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                      sync_bn=self.sync_bn)
+        config.update(norm=dataclasses.asdict(self.norm))
         return config

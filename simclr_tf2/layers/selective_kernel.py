@@ -83,13 +83,11 @@ class SelectiveKernelConv2D(NormalizedLayer):
         self.strides = strides
         self.sk_ratio = sk_ratio
         self.min_dim = min_dim
-        bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                  sync_bn=self.sync_bn)
         self.conv = FixedPaddingConv2D(self.NUM_BRANCHES * filters, 3, strides,
                                        name="branch_conv")
         self.bn_relu = self.batch_norm_relu(name="branch_bn_relu")
         self.attention = SelectiveKernelAttention(filters, sk_ratio, min_dim,
-                                                  name="attention", **bn)
+                                                  name="attention", norm=self.norm)
 
     def call(self, inputs, training=None):
         x = self.bn_relu(self.conv(inputs), training=training)

@@ -1,2 +1,2 @@
 """Models assembled from backbone and heads."""
-from simclr_tf2.models.simclr_model import SimCLRModel
+from simclr_tf2.models.simclr_model import SimCLRModel, model_config_for, model_mode

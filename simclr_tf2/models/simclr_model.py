@@ -1,15 +1,40 @@
 """SimCLRModel: backbone + projection head + optional supervised head."""
+import dataclasses
 from typing import Dict, Sequence, Union
 
 import tensorflow as tf
 import tf_keras
 
-from simclr_tf2.backbones.resnet import build_resnet_from_config
-from simclr_tf2.configs.schema import ModelConfig, check
+from simclr_tf2.backbones.resnet import build_resnet_from_config, norm_settings
+from simclr_tf2.configs.modes import TRAIN_MODES
+from simclr_tf2.configs.schema import ExperimentConfig, ModelConfig, check
 from simclr_tf2.heads.projection_head import (ProjectionHead, SupervisedHead,
                                               num_projection_layers, resolve_selector)
 
 MODEL_MODES = ("pretrain", "finetune")
+
+
+def model_mode(train_mode: str) -> str:
+    """The SimCLRModel mode a training mode builds: only pretraining keeps
+    the whole projection head."""
+    check(train_mode in TRAIN_MODES, f"mode must be one of {list(TRAIN_MODES)}. "
+          f"Received: mode={train_mode!r}")
+    return "pretrain" if train_mode == "pretrain" else "finetune"
+
+
+def model_config_for(config: ExperimentConfig, mode: str) -> ModelConfig:
+    """The ModelConfig a run of training mode `mode` builds: linear_eval
+    freezes the backbone; pretraining without linear eval has no supervised
+    head."""
+    model_cfg = config.model
+    if mode != "pretrain":
+        check(model_cfg.num_classes > 0, f"mode {mode!r} needs a supervised "
+              "head: set model.num_classes to the number of classes")
+    if mode == "linear_eval":
+        model_cfg = dataclasses.replace(model_cfg, fine_tune_after_block=4)
+    if mode == "pretrain" and not config.train.lineareval_while_pretraining:
+        model_cfg = dataclasses.replace(model_cfg, num_classes=0)
+    return model_cfg
 
 
 class SimCLRModel(tf_keras.Model):
@@ -40,15 +65,14 @@ class SimCLRModel(tf_keras.Model):
               f"mode must be one of {list(MODEL_MODES)}. Received: mode={mode!r}")
         self.config = config
         self.mode = mode
+        self.zero_init_logits_layer = zero_init_logits_layer
         total = num_projection_layers(config.proj_head_mode, config.num_proj_layers)
         self.selector_index = resolve_selector(config.ft_proj_selector, total)
         self.backbone = build_resnet_from_config(config)
-        bn = dict(bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
-                  sync_bn=config.sync_bn)
         self.projection_head = ProjectionHead(
             config.proj_head_mode, config.num_proj_layers, config.proj_out_dim,
             keep_layers=total if mode == "pretrain" else self.selector_index,
-            name="projection_head", **bn)
+            name="projection_head", norm=norm_settings(config))
         self.supervised_head = (
             SupervisedHead(config.num_classes, zero_init=zero_init_logits_layer)
             if config.num_classes > 0 else None)
@@ -75,4 +99,11 @@ class SimCLRModel(tf_keras.Model):
         return outputs
 
     def get_config(self):
-        return {"name": self.name, "mode": self.mode, "config": self.config.__dict__}
+        return {"name": self.name, "mode": self.mode,
+                "zero_init_logits_layer": self.zero_init_logits_layer,
+                "config": dataclasses.asdict(self.config)}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        return cls(ModelConfig(**config.pop("config")), **config)

@@ -11,18 +11,17 @@ from typing import Callable, Dict, Optional
 import tensorflow as tf
 import tf_keras
 
-from simclr_tf2.configs.schema import ExperimentConfig, ModelConfig, check
+from simclr_tf2.configs.modes import TRAIN_MODES
+from simclr_tf2.configs.schema import ExperimentConfig, check
 from simclr_tf2.layers.conv_bn import batch_norm_splits
 from simclr_tf2.memory import MomentumEncoder, NegativeQueue
-from simclr_tf2.models.simclr_model import SimCLRModel
+from simclr_tf2.models.simclr_model import SimCLRModel, model_config_for, model_mode
 from simclr_tf2.objectives.distill import distillation_loss
 from simclr_tf2.monitors.representation import effective_rank
 from simclr_tf2.objectives.nt_xent import gather_from_replicas, nt_xent_loss
 from simclr_tf2.optim import (build_optimizer, scaled_learning_rate,
                               warmup_cosine_schedule, warmup_steps_for,
                               weight_decay_loss)
-
-LEARNER_MODES = ("pretrain", "finetune", "linear_eval", "distill")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,20 +64,6 @@ def supervised_loss(labels: tf.Tensor, logits: tf.Tensor):
     return loss, tf.reduce_sum(correct * mask) / count
 
 
-def model_config_for(config: ExperimentConfig, mode: str) -> ModelConfig:
-    """The ModelConfig a Learner of `mode` builds: linear_eval freezes the
-    backbone; pretraining without linear eval has no supervised head."""
-    model_cfg = config.model
-    if mode != "pretrain":
-        check(model_cfg.num_classes > 0, f"mode {mode!r} needs a supervised "
-              "head: set model.num_classes to the number of classes")
-    if mode == "linear_eval":
-        model_cfg = dataclasses.replace(model_cfg, fine_tune_after_block=4)
-    if mode == "pretrain" and not config.train.lineareval_while_pretraining:
-        model_cfg = dataclasses.replace(model_cfg, num_classes=0)
-    return model_cfg
-
-
 class Learner(tf.Module):
     """Model, optimizer, schedule and (pretraining) memory for one mode.
 
@@ -101,8 +86,8 @@ class Learner(tf.Module):
                  warmup_steps: int = 0, name: str = "learner",
                  teacher: Optional[Callable[[tf.Tensor], tf.Tensor]] = None):
         super().__init__(name=name)
-        check(mode in LEARNER_MODES,
-              f"mode must be one of {list(LEARNER_MODES)}. Received: {mode!r}")
+        check(mode in TRAIN_MODES,
+              f"mode must be one of {list(TRAIN_MODES)}. Received: {mode!r}")
         check(mode == "distill" or teacher is None,
               f"only mode 'distill' takes a teacher. Received: mode={mode!r}")
         # Not tracked: the teacher is neither trained nor checkpointed with the run.
@@ -146,7 +131,7 @@ class Learner(tf.Module):
     def _build_model(self) -> SimCLRModel:
         model = SimCLRModel(
             self.model_config,
-            mode="pretrain" if self.mode == "pretrain" else "finetune",
+            mode=model_mode(self.mode),
             zero_init_logits_layer=self.config.train.zero_init_logits_layer)
         model(self._dummy, training=False)
         return model

@@ -1,0 +1,113 @@
+"""Passes over the data outside the training step: batch-norm statistics
+recomputed after supervised training, the teacher's logits before
+distillation, and the frozen network's features before cached linear eval."""
+import time
+from typing import Dict
+
+import numpy as np
+import tensorflow as tf
+
+from simclr_tf2.configs.schema import ExperimentConfig
+from simclr_tf2.data import build_from_config, distribute
+from simclr_tf2.errors import RunError
+from simclr_tf2.training.bn_stats import recompute_bn_statistics
+from simclr_tf2.training.learner import Learner
+
+
+def bn_recompute_order(config: ExperimentConfig, source, indices) -> np.ndarray:
+    """The images `recompute_bn` reads, in its order: the run's training
+    examples `indices` (every example of `source` when bn_recompute_images is
+    "all") in a random order seeded by data.seed. Sources are often sorted by
+    class; in index order each batch would hold one or two classes."""
+    if config.train.bn_recompute_images == "all":
+        indices = np.arange(len(source))
+    return np.random.default_rng(config.data.seed).permutation(np.asarray(indices))
+
+
+def recompute_bn(config: ExperimentConfig, strategy, learner: Learner, source, indices,
+                 verbose: bool = True) -> Dict[str, int]:
+    """`recompute_bn_statistics` over the eval view (no augmentation) of the
+    images `bn_recompute_order` picks, in full batches of up to
+    train_batch_size."""
+    indices = bn_recompute_order(config, source, indices)
+    replicas = strategy.num_replicas_in_sync
+    batch = min(config.train.train_batch_size, len(indices)) // replicas * replicas
+    steps = min(config.train.bn_recompute_batches, len(indices) // max(batch, 1))
+    if steps == 0:
+        raise RunError(f"bn_recompute needs at least {replicas} training examples "
+                       f"(one per replica); the run has {len(indices)}")
+
+    def make(ctx):
+        local = batch // replicas
+        ds = build_from_config(config.data, source, "eval", batch, indices,
+                               input_context=ctx)
+        # Eval batches are padded with index -1: keep real images, full batches.
+        return ds.unbatch().filter(lambda e: e["index"] >= 0).batch(
+            local, drop_remainder=True)
+
+    start = time.time()
+    iterator = iter(distribute(strategy, make))
+    report = recompute_bn_statistics(learner.model, (next(iterator) for _ in range(steps)),
+                                     strategy)
+    if verbose:
+        print(f"batch-norm statistics of {report['layers']} layers recomputed over "
+              f"{steps * batch} training images (eval view, {steps} batches of {batch}) "
+              f"in {time.time() - start:.0f}s", flush=True)
+    return report
+
+
+def precompute_teacher_logits(teacher, config: ExperimentConfig, source, indices,
+                              verbose: bool = True) -> np.ndarray:
+    """The teacher's logits on the eval view of every example in `indices`
+    ([len(source), classes] float32; rows outside `indices` are zero)."""
+    start = time.time()
+    table = None
+    batch = config.train.eval_batch_size
+    for element in build_from_config(config.data, source, "eval", batch, indices):
+        logits = tf.cast(teacher(element["image"]), tf.float32).numpy()
+        index = element["index"].numpy()
+        if table is None:
+            table = np.zeros([len(source), logits.shape[-1]], np.float32)
+        keep = index >= 0  # eval batches are padded with index -1
+        table[index[keep]] = logits[keep]
+    if verbose:
+        print(f"teacher logits precomputed for {len(indices)} images in "
+              f"{time.time() - start:.0f}s", flush=True)
+    return table
+
+
+# Features above this size would not fit in one graph constant (2 GB).
+MAX_CACHED_FEATURE_BYTES = 2 ** 31 - 2 ** 20
+
+
+def frozen_features(learner: Learner, config: ExperimentConfig, source, indices,
+                    verbose: bool = True) -> np.ndarray:
+    """The frozen network's `finetune_input` (what the linear head reads) for
+    the training view of every example in `indices`, computed once:
+    [len(source), dim] float32, rows outside `indices` zero. The training view
+    must be deterministic (crop_area_min=1, no flip; `validate` checks)."""
+    start = time.time()
+    model = learner.model
+    size = config.data.image_size
+    dim = int(model(tf.zeros([1, size, size, 3]), training=False)["finetune_input"].shape[-1])
+    table_bytes = len(source) * dim * 4
+    if table_bytes > MAX_CACHED_FEATURE_BYTES:
+        raise RunError(f"linear_eval_cache_features: {len(source)} examples x {dim} "
+                       f"features take {table_bytes / 2 ** 30:.1f} GB, more than one "
+                       "2 GB table: drop --linear_eval_cache_features")
+    table = np.zeros([len(source), dim], np.float32)
+
+    @tf.function(reduce_retracing=True)  # the last batch may be smaller
+    def forward(images):
+        # training=True as in the training step; every layer it reads is frozen.
+        return model(images, training=True)["finetune_input"]
+
+    for element in build_from_config(config.data, source, "finetune",
+                                      config.train.eval_batch_size, indices,
+                                      repeat=False, drop_remainder=False):
+        table[element["index"].numpy()] = tf.cast(forward(element["image"]),
+                                                  tf.float32).numpy()
+    if verbose:
+        print(f"linear eval: frozen features ({dim}) of {len(indices)} images "
+              f"computed in {time.time() - start:.0f}s", flush=True)
+    return table

@@ -1,0 +1,108 @@
+"""The training loop's trainer: one orbit.StandardTrainer over the Learner's
+distributed step, with per-loop metrics, a progress line with an ETA, and a
+stop on a non-finite loss."""
+import logging
+import math
+import time
+
+import orbit
+import tf_keras
+
+from simclr_tf2.errors import NonFiniteLossError
+from simclr_tf2.training.learner import Learner
+
+log = logging.getLogger("simclr_tf2.train")
+# orbit prints every loop's output dict as well as logging it (its private
+# `_log`); our progress line says the same in one line, so orbit's copy goes
+# to the log only.
+orbit.controller._log = lambda message: logging.getLogger("orbit").info(message)
+
+
+def say(verbose: bool, message: str) -> None:
+    """A normal event: a plain line on the console when verbose, and info
+    in the log."""
+    log.info(message)
+    if verbose:
+        print(message, flush=True)
+
+
+def format_time(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class SimCLRTrainer(orbit.StandardTrainer):
+    """Runs `Learner.distributed_step` in orbit's loop; averages metrics per loop."""
+
+    METRICS = ("loss", "contrast_loss", "contrast_acc", "contrast_entropy",
+               "probe_loss", "probe_acc", "sup_loss", "sup_acc", "distill_loss",
+               "teacher_agreement",
+               "weight_decay_loss", "learning_rate", "erank_projection",
+               "erank_backbone", "cos_positive", "cos_negative", "cos_queue",
+               "queue_mean_norm", "online_momentum_cos", "queue_own_images")
+    # Printed on a second line when the run has a memory.
+    MEMORY_METRICS = ("erank_projection", "erank_backbone", "cos_positive", "cos_negative",
+                      "cos_queue", "queue_mean_norm", "online_momentum_cos",
+                      "queue_own_images")
+
+    def __init__(self, learner: Learner, strategy, dataset, total_steps: int,
+                 global_batch: int, verbose: bool = True):
+        self.learner = learner
+        self.strategy = strategy
+        self.total_steps = total_steps
+        self.global_batch = global_batch
+        self.verbose = verbose
+        # Host-side accumulators, updated with already-reduced values in
+        # cross-replica context (so created outside the strategy scope).
+        self.metrics = {name: tf_keras.metrics.Mean(name) for name in self.METRICS}
+        self._loop_start = None
+        self._loop_step = None
+        self._run_start = time.time()
+        self._run_start_step = int(learner.step.numpy())
+        super().__init__(dataset, options=orbit.StandardTrainerOptions(
+            use_tf_while_loop=False))
+
+    def train_loop_begin(self):
+        for metric in self.metrics.values():
+            metric.reset_state()
+        self._loop_start = time.time()
+        self._loop_step = int(self.learner.step.numpy())
+
+    def train_step(self, iterator):
+        metrics = self.learner.distributed_step(self.strategy, next(iterator))
+        for name, value in metrics.items():
+            if name in self.metrics:
+                self.metrics[name].update_state(value)
+
+    def train_loop_end(self):
+        step = int(self.learner.step.numpy())
+        results = {name: float(m.result()) for name, m in self.metrics.items()
+                   if int(m.count.numpy()) > 0}
+        if not math.isfinite(results.get("loss", 0.0)):
+            raise NonFiniteLossError(
+                f"non-finite loss ({results.get('loss')}) in the steps up to {step}: "
+                "training stopped and the last good checkpoint is kept; lower the "
+                "learning rate or use float32")
+        elapsed = max(time.time() - self._loop_start, 1e-9)
+        steps = step - self._loop_step
+        results["images_per_second"] = steps * self.global_batch / elapsed
+        results["weight_decay"] = self.learner.config.train.weight_decay
+        rate = (step - self._run_start_step) / max(time.time() - self._run_start, 1e-9)
+        eta = (self.total_steps - step) / rate if rate > 0 else 0.0
+        if self.verbose:
+            # Pretraining: the contrastive objective first, then the probe.
+            first = ("contrast_loss",) if "contrast_loss" in results else ("loss",)
+            shown = " ".join(f"{k} {results[k]:.4g}" for k in
+                             first + ("contrast_acc", "probe_loss", "probe_acc",
+                                      "sup_loss", "sup_acc", "distill_loss",
+                                      "teacher_agreement", "learning_rate")
+                             if k in results)
+            print(f"step {step}/{self.total_steps} {shown} | "
+                  f"{results['images_per_second']:.1f} img/s | ETA "
+                  f"{format_time(eta)}", flush=True)
+            if "cos_queue" in results:
+                print("  memory: " + " ".join(f"{k} {results[k]:.3g}" for k in
+                                             self.MEMORY_METRICS if k in results),
+                      flush=True)
+        return results
