@@ -297,3 +297,34 @@ def test_input_pipeline_benchmark_reports_both_pipelines_and_their_cpu_use():
             assert case[key] > 0, key
         assert case["speedup_vs_naive"] == pytest.approx(
             case["library_images_per_s"] / case["naive_images_per_s"], rel=0.02)
+
+
+def test_train_step_benchmark_times_backbone_and_both_batch_norms(capsys, monkeypatch):
+    """bench/train_step.py on a tiny case: every variant runs, the report's
+    ratios are the ratios of its own step times, and the 'synchronised'
+    variant really builds the synchronised layer on one replica."""
+    import tf_keras
+    import train_step
+    from simclr_tf2.training import Learner
+    built = []
+    real_init = Learner.__init__
+
+    def recording_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        built.append({layer.synchronized for layer in self.model._flatten_layers()
+                      if isinstance(layer, tf_keras.layers.BatchNormalization)})
+
+    monkeypatch.setattr(Learner, "__init__", recording_init)
+    monkeypatch.setattr(train_step, "CASES", {"tiny_32px_b4": ("tiny", {}, 32, 4)})
+    monkeypatch.setattr(train_step, "matmul_flops_per_second", lambda: 1e11)
+    report = _quiet_main(train_step, ["--steps", "1", "--cases", "tiny_32px_b4",
+                                      "--precisions", "float32"], capsys)
+    assert built == [{False}, {True}]  # plain first, then the synchronised layer
+    (row,) = report["results"]
+    assert row["views_per_step"] == 8
+    for variant in ("backbone", "pretrain", "pretrain_sync_bn"):
+        assert row[variant]["images_per_second"] == pytest.approx(
+            8 / row[variant]["step_seconds"], rel=2e-2)
+    assert row["pretrain_over_backbone"] == pytest.approx(
+        row["backbone"]["step_seconds"] / row["pretrain"]["step_seconds"], rel=2e-2)
+    assert report["machine"]["bf16"] in ("native", "emulated")

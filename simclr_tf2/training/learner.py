@@ -96,6 +96,11 @@ class Learner(tf.Module):
         self.mode = mode
         train = config.train
         self.model_config = model_config_for(config, mode)
+        if self.model_config.sync_bn and _num_replicas() == 1:
+            # On one replica cross-replica statistics are the local ones; the
+            # plain layer runs the fused batch-norm kernel (bench/RESULTS.md,
+            # "Pretraining step"). Same variables, checkpoints and exports.
+            self.model_config = dataclasses.replace(self.model_config, sync_bn=False)
         image_size = config.data.image_size
         self._dummy = tf.zeros([1, image_size, image_size, 3])
         self.model = self._build_model()
@@ -226,10 +231,14 @@ class Learner(tf.Module):
                            contrast_acc=shown.accuracy,
                            contrast_entropy=shown.entropy,
                            cos_positive=shown.positive_cosine,
-                           cos_negative=shown.negative_cosine,
-                           erank_projection=effective_rank(outputs["proj_head_output"]),
-                           erank_backbone=effective_rank(outputs["final_avg_pool"]))
+                           cos_negative=shown.negative_cosine)
             if self.queue is not None:
+                # The memory's diagnostics (bench/RESULTS.md, "Memory"): the
+                # batch's effective ranks cost an eigendecomposition each, so
+                # only runs with memory pay them; the kNN monitor reports
+                # effective ranks for every run.
+                metrics["erank_projection"] = effective_rank(outputs["proj_head_output"])
+                metrics["erank_backbone"] = effective_rank(outputs["final_avg_pool"])
                 metrics["cos_queue"] = contrast.queue_cosine
                 metrics.update(self._memory_diagnostics(batch, outputs, keys, queue))
             if "logits_sup" in outputs and "label" in batch:  # the online probe
