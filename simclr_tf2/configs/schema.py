@@ -236,7 +236,7 @@ class MemoryConfig:
         "with a MoCo-style loss against the momentum encoder's keys and the queue), "
         "online (the online projections plus the queue as extra negatives: the paper's "
         "description, which collapses on mnist5k) or momentum (MoCo: keys only).",
-        flag='memory_contrast_keys')
+        flag="memory_contrast_keys")
     queue_temperature: float = setting(0.0,
         "With memory: temperature of the logits against queued keys (0 = --temperature).")
     queue_weight: float = setting(1.0,
@@ -250,7 +250,7 @@ class MemoryConfig:
     # from this step on.
     warmup_steps: int = setting(0,
         "With memory: use the queue as negatives only from this step on.",
-        flag='memory_warmup_steps')
+        flag="memory_warmup_steps")
     # Leave out queued keys that came from an image of the current batch
     # (an image seen again is not a negative of itself).
     exclude_own_images: bool = setting(False,
