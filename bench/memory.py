@@ -5,7 +5,7 @@ and where it pays.
     python bench/memory.py --part batch [--seeds 0 1 2] [--jobs 2]
     python bench/memory.py --part split_bn [--seeds 0 1 2] [--jobs 2]
     python bench/memory.py --part digits [--seeds 0 1 2] [--jobs 2]
-    python bench/memory.py --part long [--seeds 0 1 2] [--jobs 2]
+    python bench/memory.py --part long [--long_batches 128 32] [--seeds 0 1 2] [--jobs 2]
 
 Every mnist5k arm pretrains the mnist5k recipe (flags/mnist5k_pretrain.cfg,
 tiny ResNet-18) for EPOCHS epochs with its own flags and pretraining seed =
@@ -23,7 +23,8 @@ damage the paper's memory did (HYPOTHESIS_ARMS, batch 128 unless named);
 128 (BATCH_ARMS) at equal epochs; `--part split_bn` adds the one-device form
 of MoCo's shuffling BN (--memory_bn_splits=4) with memory at both batch
 sizes (SPLIT_BN_ARMS); `--part long` compares no memory with the default
-memory at batch 128 for the flagfile's own 75 epochs (LONG_ARMS); `--part
+memory for the flagfile's own 75 epochs at batch 128, or at the batches
+`--long_batches` names (LONG_ARMS); `--part
 digits` runs the demo's own
 flagfiles (digits, fine-tuning on 10% of the labels) with and without the
 memory. Finished stages are reused (an interrupted run resumes); `--jobs N`
@@ -132,7 +133,15 @@ SPLIT_BN_ARMS = [(f"{name}, batch {batch}", [f"--train_batch_size={batch}", *fla
 
 # The flagfile's own length (75 epochs) at its batch size (128): does what
 # the memory costs at 10 epochs shrink with training? (dataset "mnist5k_long")
-LONG_ARMS = [("no memory, batch 128", []), ("memory, batch 128", MEMORY)]
+def long_arms(batches=(128,)):
+    """No memory and the default memory at each batch size (128 is the
+    flagfile's, so its arms carry no batch flag)."""
+    return [(f"{name}, batch {batch}",
+             ([] if batch == 128 else [f"--train_batch_size={batch}"]) + flags)
+            for batch in batches for name, flags in (("no memory", []), ("memory", MEMORY))]
+
+
+LONG_ARMS = long_arms()
 
 SHARED_SETTINGS = ("temperature ", "learning rate ", "batch ")
 
@@ -314,13 +323,15 @@ def main(argv=None):
     parser.add_argument("--arms", nargs="*", default=None,
                         help="run only the arms whose names contain one of these")
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--long_batches", type=int, nargs="+", default=[128],
+                        help="--part long: the pretraining batch sizes to compare at")
     parser.add_argument("--quick", action="store_true",
                         help="a few steps per stage: checks the script, not the numbers")
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     absl_logging.set_verbosity(absl_logging.WARNING)
     arms = {"hypotheses": HYPOTHESIS_ARMS, "batch": BATCH_ARMS,
-            "split_bn": SPLIT_BN_ARMS, "long": LONG_ARMS,
+            "split_bn": SPLIT_BN_ARMS, "long": long_arms(args.long_batches),
             "digits": DIGITS_ARMS}[args.part]
     if args.arms:
         arms = [a for a in arms if any(s in a[0] for s in args.arms)]

@@ -259,6 +259,13 @@ def test_memory_benchmark_pairs_each_arm_with_its_control(fake_run, tmp_path, ca
                      if "long" in rc.model_dir and rc.mode == "pretrain"]
     assert [(c.train.train_epochs, c.train.train_batch_size, c.memory.queue_size)
             for c in pretrain_long] == [(75, 128, 0), (75, 128, 1024)]
+    small = _quiet_main(memory, ["--part", "long", "--seeds", "0", "--long_batches", "32",
+                                 "--workdir", str(tmp_path / "long32")], capsys)
+    assert [r["arm"] for r in small["rows"]] == ["no memory, batch 32", "memory, batch 32"]
+    assert sorted((c.train.train_epochs, c.train.train_batch_size, c.memory.queue_size)
+                  for c, rc in fake_run.calls
+                  if "long32" in rc.model_dir and rc.mode == "pretrain") == [
+        (75, 32, 0), (75, 32, 1024)]
     assert memory.control_of("memory, temperature 0.2, batch 32") == \
         "no memory, temperature 0.2, batch 32"
     assert memory.control_of("memory, queue temperature 0.1") == "no memory"
