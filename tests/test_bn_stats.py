@@ -187,3 +187,19 @@ def test_run_recomputes_over_the_whole_training_split_when_asked(tmp_path):
     assert not np.allclose(model(labelled["image"], training=False)["logits_sup"].numpy(),
                            model(labelled["image"], training=True)["logits_sup"].numpy(),
                            rtol=1e-3, atol=1e-3)
+
+
+def test_fused_batch_norm_gets_the_statistics_it_normalises_with():
+    """Plain BN on 4-D inputs runs TensorFlow's fused kernel, which updates
+    the moving variance with the unbiased batch variance (x n/(n-1)). The
+    recomputed statistics must be the biased ones the layer normalises with
+    in training mode, so inference then equals training mode on that batch."""
+    inputs = tf_keras.Input([3, 3, 2])
+    bn = tf_keras.layers.BatchNormalization(epsilon=EPS)
+    model = tf_keras.Model(inputs, bn(tf_keras.layers.Conv2D(2, 1)(inputs)))
+    assert bn.fused  # what the check is about
+    images = tf.constant(np.random.default_rng(3).normal(size=(2, 3, 3, 2)), tf.float32)
+    recompute_bn_statistics(model, [{"image": images}])
+    assert bn.fused  # restored
+    np.testing.assert_allclose(model(images, training=False),
+                               model(images, training=True), rtol=1e-4, atol=1e-5)

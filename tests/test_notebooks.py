@@ -129,12 +129,17 @@ def test_notebook_runs_headless_and_shows_plots(name, shared_runs, tmp_path):
         after = [line for line in text.splitlines() if line.startswith("test top-1:")][0]
         before, trained = [float(part.split("%")[0].split()[-1]) / 100
                            for part in after.split(",")[:2]]
-        # It learned from 144 labels: the training loss of the last epoch is
-        # well below the first's, and the test top-1 above the zero
-        # classifier's. From the 24-step shared pretraining the test top-1
-        # after 80 steps is noisy (17-63% over ten such runs: the module's
-        # batch-norm moving statistics follow batches of 32), so the notebook's
-        # accuracy is the benchmarks' business, not this test's.
+        # It learned from 144 labels through the hub layer: the training loss
+        # of the last epoch is well below the first's and the training
+        # accuracy (training mode, augmented batches) well above it. The
+        # test top-1 is printed but not checked: from the 24-step shared
+        # pretraining it swings between epochs (10-43% in one run; 13-63%
+        # over earlier runs) as the module's batch-norm moving statistics
+        # follow batches of 32, so the notebook's accuracy is the
+        # benchmarks' business, not this test's.
         losses = [float(m) for m in re.findall(r"- loss: ([0-9.]+)", text)]
         assert len(losses) == TEST_EPOCHS and losses[-1] < 0.85 * losses[0], losses
-        assert trained > before + 0.05, after
+        accuracy = [float(m) for m in re.findall(r"- accuracy: ([0-9.]+)", text)]
+        assert len(accuracy) == TEST_EPOCHS, accuracy
+        assert sum(accuracy[-3:]) / 3 > accuracy[0] + 0.15, accuracy
+        assert 0.0 <= before <= 1.0 and 0.0 <= trained <= 1.0, after

@@ -48,6 +48,11 @@ def recompute_bn_statistics(model: tf_keras.Model, batches: Iterable,
     strategy = strategy or tf.distribute.get_strategy()
     layers = batch_norm_layers(model)
     momenta = [layer.momentum for layer in layers]
+    # The fused kernel (plain BN on 4-D inputs) updates the moving variance
+    # with the unbiased batch variance (x n/(n-1)); the statistics pooled
+    # here are those the layer normalises with in training mode, the biased
+    # ones, which its non-fused path leaves.
+    fused = [getattr(layer, "fused", None) for layer in layers]
     # Per layer: running sums of batch mean, batch mean squared, batch variance.
     sums = [[np.zeros(layer.moving_mean.shape, np.float64) for _ in range(3)]
             for layer in layers]
@@ -55,6 +60,7 @@ def recompute_bn_statistics(model: tf_keras.Model, batches: Iterable,
     try:
         for layer in layers:
             layer.momentum = 0.0  # each forward pass leaves exactly its batch's statistics
+            layer.fused = False
 
         @tf.function
         def forward(batch):
@@ -69,8 +75,9 @@ def recompute_bn_statistics(model: tf_keras.Model, batches: Iterable,
                 square += batch_mean ** 2
                 var += layer.moving_variance.numpy()
     finally:
-        for layer, momentum in zip(layers, momenta):
+        for layer, momentum, was_fused in zip(layers, momenta, fused):
             layer.momentum = momentum
+            layer.fused = was_fused
     if count == 0:
         raise ValueError("recompute_bn_statistics got no batches: it needs at least "
                          "one full batch of training images")
