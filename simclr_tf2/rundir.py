@@ -25,7 +25,7 @@ import tensorflow as tf
 from simclr_tf2.configs.modes import TRAIN_MODES
 from simclr_tf2.configs.schema import ExperimentConfig
 from simclr_tf2.errors import RunError
-from simclr_tf2.models.simclr_model import SimCLRModel, model_config_for, model_mode
+from simclr_tf2.models.simclr_model import SimCLRModel, build_model
 
 CONFIG_FILE = "config.json"
 RESULT_FILE = "result.json"
@@ -144,9 +144,7 @@ def restore_model(run_or_checkpoint: str, default_mode: str = "pretrain",
     config = config or read_experiment(model_dir)
     checkpoint = resolve_checkpoint(run_or_checkpoint)
     mode = trained_mode(model_dir, default_mode)
-    model = SimCLRModel(model_config_for(config, mode), mode=model_mode(mode))
-    size = config.data.image_size
-    model(tf.zeros([1, size, size, 3]), training=False)
+    model = build_model(config, mode)
     # The run's optimizer and memory are in the checkpoint too, not wanted here.
     tf.train.Checkpoint(model=model).read(checkpoint).assert_existing_objects_matched() \
         .expect_partial()

@@ -107,3 +107,12 @@ class SimCLRModel(tf_keras.Model):
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         return cls(ModelConfig(**config.pop("config")), **config)
+
+
+def build_model(config: ExperimentConfig, train_mode: str) -> SimCLRModel:
+    """The SimCLRModel a run of `train_mode` trains, with its variables
+    created (called once on a blank image of the configured size)."""
+    model = SimCLRModel(model_config_for(config, train_mode), mode=model_mode(train_mode))
+    size = config.data.image_size
+    model(tf.zeros([1, size, size, 3]), training=False)
+    return model

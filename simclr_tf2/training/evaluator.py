@@ -8,7 +8,7 @@ import tf_keras
 
 from simclr_tf2.configs.schema import ExperimentConfig
 from simclr_tf2.data import build_from_config, distribute, make_source
-from simclr_tf2.models import SimCLRModel, model_config_for, model_mode
+from simclr_tf2.models import build_model
 from simclr_tf2.rundir import (RESULT_FILE, checkpoint_step, has_checkpoint, path,
                                restore_model, write_json)
 from simclr_tf2.training.distribution import is_chief
@@ -66,9 +66,7 @@ def _trained_model(config: ExperimentConfig, run_config: RunConfig, strategy):
         if has_checkpoint(run_config.model_dir):
             restored = restore_model(run_config.model_dir, mode, config=config)
             return restored.model, restored.step, restored.checkpoint
-        model = SimCLRModel(model_config_for(config, mode), mode=model_mode(mode))
-        size = config.data.image_size
-        model(tf.zeros([1, size, size, 3]), training=False)
+        model = build_model(config, mode)
     init_model(model, run_config.checkpoint)
     return model, checkpoint_step(run_config.checkpoint), run_config.checkpoint
 

@@ -95,9 +95,9 @@ def _differences(before: Dict, after: Dict) -> List[str]:
         free = HOUSEKEEPING.get(section, set())
         if free == "*":
             continue
-        old = before.get(section, {})
+        old = before[section]
         for name, value in fields.items():
-            if name not in free and name in old and old[name] != value:
+            if name not in free and old[name] != value:
                 changes.append(f"{section}.{name}: {old[name]!r} -> {value!r}")
     return changes
 
@@ -109,12 +109,11 @@ def changed_settings(config: ExperimentConfig, run_config: RunConfig) -> List[st
     record = read_record(run_config.model_dir)
     if record is None or run_config.mode == "eval" or not has_checkpoint(run_config.model_dir):
         return []
-    before = dict(record.get("experiment", {}))
-    before.setdefault("train", {})
-    before["train"] = {k: v for k, v in before["train"].items() if k != "mode"}
+    # Through the schema: old records load as they always do (defaults for
+    # fields added since, the retired train.mode dropped).
+    before = ExperimentConfig.from_dict(record["experiment"]).to_dict()
     after = config.to_dict()
-    model = _differences({"model": before.get("model", after["model"])},
-                         {"model": after["model"]})
+    model = _differences({"model": before["model"]}, {"model": after["model"]})
     if model:
         raise RunError(f"model_dir {run_config.model_dir!r} holds a run with a different "
                        f"model ({'; '.join(model)}): use a new model_dir or the same "
