@@ -12,6 +12,9 @@ Prints JSON. Per case and precision, on one replica:
   builds it on one replica (plain, fused);
 - pretrain_sync_bn: the same step with the synchronised batch-norm layer
   the learner used on one replica before (to measure that choice).
+The three are timed in rounds, one step of each per round (after two
+warm-up steps each), so drift on a shared machine hits them alike; step
+times are medians, ratios the median of the per-round ratios.
 Images/s count views (2 x batch per step). fraction_of_matmul is training
 FLOP/s (3 x forward FLOPs of the backbone per image, heads not counted)
 over the float32 matmul rate measured in the same run. mixed_bfloat16 is
@@ -29,8 +32,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from backbone import (forward_flops_per_image, matmul_flops_per_second,  # noqa: E402
-                      train_step_seconds)
+from backbone import forward_flops_per_image, matmul_flops_per_second  # noqa: E402
 from simclr_tf2 import build_resnet, get_preset  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
@@ -51,22 +53,51 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _time(step, args, steps):
-    step(*args)  # trace
-    step(*args)  # warm up
-    times = []
+def _compiled(step, args):
+    """`step` bound to `args`, traced and warmed up; each call waits for its
+    outputs."""
+    def run():
+        tf.nest.map_structure(lambda t: t.numpy(), step(*args))
+    run()  # trace
+    run()  # warm up
+    return run
+
+
+def _interleaved(runs, steps):
+    """Each run's step times, taken in rounds (one step of each run per
+    round), so that a slow spell of a shared machine hits every run alike."""
+    times = {name: [] for name in runs}
     for _ in range(steps):
-        start = time.perf_counter()
-        out = step(*args)
-        tf.nest.map_structure(lambda t: t.numpy(), out)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
-def pretrain_step_seconds(config, size, batch, steps, synchronized):
+def backbone_step(backbone, size, batch):
+    """bench/backbone.py's step (forward, backward, SGD of the ResNet alone)."""
+    images = tf.random.uniform([batch, size, size, 3])
+    labels = tf.random.uniform([batch], 0, 10, tf.int32)
+    head = tf_keras.layers.Dense(10)
+    optimizer = tf_keras.optimizers.SGD(0.01, momentum=0.9)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            features = backbone(x, training=True)["final_avg_pool"]
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                y, tf.cast(head(features), tf.float32)))
+        variables = backbone.trainable_variables + head.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    return _compiled(step, (images, labels))
+
+
+def pretrain_step(config, size, batch, synchronized):
     import simclr_tf2.training.learner as learner_module
     from simclr_tf2.training import Learner
-    tf_keras.backend.clear_session()
     replicas = learner_module._num_replicas
     if synchronized:  # the synchronised layer on one replica, as before
         learner_module._num_replicas = lambda: 2
@@ -77,7 +108,7 @@ def pretrain_step_seconds(config, size, batch, steps, synchronized):
     views = {"view1": tf.random.uniform([batch, size, size, 3]),
              "view2": tf.random.uniform([batch, size, size, 3]),
              "label": tf.random.uniform([batch], 0, config.model.num_classes, tf.int64)}
-    return _time(tf.function(learner.replica_step), (views,), steps)
+    return _compiled(tf.function(learner.replica_step), (views,))
 
 
 def run_case(name, steps, precision, matmul_fps):
@@ -92,9 +123,11 @@ def run_case(name, steps, precision, matmul_fps):
         backbone = build_resnet(m.depth, m.width_multiplier, m.sk_ratio, m.se_ratio,
                                 m.cifar_stem)
         flops = forward_flops_per_image(backbone, size)
-        backbone_s, _ = train_step_seconds(backbone, size, 2 * batch, steps)
-        plain_s = pretrain_step_seconds(config, size, batch, steps, synchronized=False)
-        sync_s = pretrain_step_seconds(config, size, batch, steps, synchronized=True)
+        times = _interleaved({
+            "backbone": backbone_step(backbone, size, 2 * batch),
+            "pretrain": pretrain_step(config, size, batch, synchronized=False),
+            "pretrain_sync_bn": pretrain_step(config, size, batch, synchronized=True),
+        }, steps)
     finally:
         tf_keras.mixed_precision.set_global_policy("float32")
     views = 2 * batch
@@ -104,12 +137,16 @@ def run_case(name, steps, precision, matmul_fps):
                 "images_per_second": round(views / seconds, 2),
                 "fraction_of_matmul": round(3 * flops * views / seconds / matmul_fps, 3)}
 
+    def ratio(numerator, denominator):  # median of the per-round ratios
+        return round(statistics.median(
+            a / b for a, b in zip(times[numerator], times[denominator])), 3)
+
+    median = {k: statistics.median(v) for k, v in times.items()}
     return {"case": name, "precision": precision, "image_size": size, "batch": batch,
             "views_per_step": views, "forward_gflops_per_image": round(flops / 1e9, 3),
-            "backbone": rate(backbone_s), "pretrain": rate(plain_s),
-            "pretrain_sync_bn": rate(sync_s),
-            "pretrain_over_backbone": round(backbone_s / plain_s, 3),
-            "plain_bn_speedup_over_sync": round(sync_s / plain_s, 3)}
+            **{k: rate(v) for k, v in median.items()},
+            "pretrain_over_backbone": ratio("backbone", "pretrain"),
+            "plain_bn_speedup_over_sync": ratio("pretrain_sync_bn", "pretrain")}
 
 
 def main(argv=None):

@@ -335,3 +335,13 @@ def test_train_step_benchmark_times_backbone_and_both_batch_norms(capsys, monkey
     assert row["pretrain_over_backbone"] == pytest.approx(
         row["backbone"]["step_seconds"] / row["pretrain"]["step_seconds"], rel=2e-2)
     assert report["machine"]["bf16"] in ("native", "emulated")
+
+
+def test_train_step_benchmark_times_its_variants_in_rounds():
+    """One step of each variant per round, so drift hits them alike."""
+    import train_step
+    calls = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = train_step._interleaved(runs, 3)
+    assert calls == ["a", "b", "c"] * 3
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}

@@ -7,6 +7,7 @@ import tensorflow as tf
 import tf_keras
 from official.modeling.optimization import lars
 
+from simclr_tf2.optim.optimizers import FusedLARS
 from simclr_tf2.optim import (build_optimizer, scaled_learning_rate,
                               warmup_cosine_schedule, weight_decay_loss)
 
@@ -55,6 +56,44 @@ def test_lars_two_steps_match_the_rule_written_out_including_exclusions():
     # the trust-ratio-scaled kernel.
     assert abs(variables["gamma"].numpy()[0] - 2.0) > 100 * abs(
         variables["kernel"].numpy()[0] - 3.0)
+
+
+def test_fused_lars_matches_the_library_update_and_slots_over_steps():
+    """The fused update against tf-models-official's, on random weights with
+    excluded and adapted names, a zero weight and a learning-rate schedule."""
+    rng = np.random.default_rng(0)
+    shapes = {("stem/conv2d", "kernel"): (3, 3, 4, 8), ("block/conv2d_1", "kernel"): (5,),
+              ("bn/batch_normalization", "gamma"): (8,), ("head/dense", "bias"): (6,),
+              ("simclr/head_supervised/dense", "kernel"): (4, 3)}
+    initial = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    initial[("block/conv2d_1", "kernel")][:] = 0.0  # trust ratio 1 branch
+    grads = [{k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+             for _ in range(3)]
+    schedule = tf_keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.7, 0.3])
+    results = []
+    for cls in (lars.LARS, FusedLARS):
+        opt = cls(learning_rate=schedule, momentum=0.9, weight_decay_rate=0.01,
+                  eeta=0.001, nesterov=False, classic_momentum=True,
+                  exclude_from_weight_decay=["batch_normalization", "bias", "head_supervised"],
+                  exclude_from_layer_adaptation=["batch_normalization", "bias",
+                                                 "head_supervised"])
+        variables = {k: _variable(*k, v) for k, v in initial.items()}
+
+        @tf.function
+        def step(g, opt=opt, variables=variables):
+            opt.apply_gradients([(g[k], variables[k]) for k in shapes])
+
+        for g in grads:
+            step({k: tf.constant(v) for k, v in g.items()})
+        results.append(({k: v.numpy() for k, v in variables.items()},
+                        {k: opt.get_slot(v, "momentum").numpy() for k, v in variables.items()},
+                        sorted(opt.get_slot_names())))
+    (w_lib, m_lib, slots_lib), (w_fused, m_fused, slots_fused) = results
+    assert slots_lib == slots_fused == ["momentum"]
+    for k in shapes:
+        np.testing.assert_allclose(w_fused[k], w_lib[k], rtol=1e-6, atol=1e-7, err_msg=str(k))
+        np.testing.assert_allclose(m_fused[k], m_lib[k], rtol=1e-5, atol=1e-8, err_msg=str(k))
+    assert not np.allclose(w_fused[("stem/conv2d", "kernel")], initial[("stem/conv2d", "kernel")])
 
 
 def test_other_optimizers_and_bad_name():
