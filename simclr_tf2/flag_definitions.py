@@ -3,14 +3,18 @@
 Every config field has a flag, generated from the field's `setting(...)`
 metadata in configs/schema.py (the same name; `data_seed`, `memory_momentum`
 where names clash). `--preset` picks the base config; only flags given on the
-command line or in a flagfile override it. Flags are read only here.
+command line or in a flagfile override it. The authors' flag names are
+accepted too (authors_flags.py). Flags are read only here.
 """
 import dataclasses
+import os
+import sys
 import typing
-from typing import Dict, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
 
+from simclr_tf2 import authors_flags
 from simclr_tf2.configs.modes import RUN_MODES, TRAIN_MODES
 from simclr_tf2.configs.presets import get_preset, preset_names
 from simclr_tf2.configs.schema import _SECTION_TYPES, ExperimentConfig
@@ -46,12 +50,15 @@ def define_flags(flag_values=flags.FLAGS) -> None:
     """Defines every flag on `flag_values` (once)."""
     if "preset" in flag_values:
         return
-    flags.DEFINE_string("preset", "tiny", f"Base configuration: one of {preset_names()}.",
-                        flag_values=flag_values)
-    flags.DEFINE_enum("mode", "pretrain", list(RUN_MODES), "What to run.",
+    flags.DEFINE_string("preset", "tiny", f"Base configuration: one of {preset_names()} "
+                        "(default: tiny; 'authors' when the command uses flag names of "
+                        "google-research/simclr).", flag_values=flag_values)
+    flags.DEFINE_enum("mode", "pretrain", [*RUN_MODES, "train"], "What to run; train = "
+                      "train what --train_mode says (the authors' spelling).",
                       flag_values=flag_values)
     flags.DEFINE_enum("train_mode", "pretrain", list(TRAIN_MODES), "What train_then_eval "
-                      "trains; what eval expects when model_dir has no config.json.",
+                      "trains; what eval expects when model_dir has no config.json; "
+                      "without --mode, what to train (as in the authors' code).",
                       flag_values=flag_values)
     flags.DEFINE_string("model_dir", None, "Run directory: checkpoints, summaries, "
                         "config.json, result.json.", flag_values=flag_values)
@@ -77,6 +84,9 @@ def define_flags(flag_values=flags.FLAGS) -> None:
                          "devices (multi-replica runs on a CPU).", flag_values=flag_values)
     flags.DEFINE_bool("deterministic", False, "Op determinism and fixed seeds "
                       "(reproducible, slower).", flag_values=flag_values)
+    flags.DEFINE_bool("dry_run", False, "Print the resolved config, where each value came "
+                      "from (preset, flagfile, flag, alias), and exit without running or "
+                      "writing anything.", flag_values=flag_values)
     flags.DEFINE_bool("accept_changed_settings", False, "Resume the run in --model_dir "
                       "although training settings changed since it started (without it "
                       "such a rerun is refused, naming the changes); the changes are "
@@ -92,24 +102,153 @@ def define_flags(flag_values=flags.FLAGS) -> None:
             flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
         else:
             flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+    authors_flags.define_alias_flags(flag_values)
 
 
-def configs_from_flags(flag_values=flags.FLAGS) -> Tuple[ExperimentConfig, RunConfig]:
-    """The preset with every explicitly given flag applied, and the run config."""
-    config = get_preset(flag_values.preset)
-    overrides = {key: flag_values[name].value for key, (name, _) in CONFIG_FLAGS.items()
-                 if flag_values[name].present}
+@dataclasses.dataclass
+class Resolution:
+    """What a command line resolves to: the configs, where each value came
+    from, and notices about flags that have no effect here."""
+    config: ExperimentConfig
+    run_config: RunConfig
+    preset: str
+    sources: Dict[str, str]  # config key or run field -> where its value came from
+    notices: List[str]
+
+
+def flag_origins(argv: Sequence[str]) -> Dict[str, str]:
+    """Flag name -> 'command line' or 'flagfile <path>' (the last to set it),
+    reading --flagfile files (nested too) as absl does."""
+    origins = {}
+
+    def scan(tokens, origin, depth=0):
+        for token in tokens:
+            if not token.startswith("--"):
+                continue
+            name, _, value = token[2:].partition("=")
+            if name == "flagfile" and depth < 10:
+                try:
+                    with open(value) as f:
+                        lines = [line.strip() for line in f]
+                except OSError:
+                    continue  # absl reports it
+                scan([line for line in lines if line and not line.startswith(("#", "//"))],
+                     f"flagfile {value}", depth + 1)
+            else:
+                origins[name] = origin
+                if name.startswith("no"):
+                    origins[name[2:]] = origin
+
+    scan(argv, "command line")
+    return origins
+
+
+def resolve_flags(flag_values=flags.FLAGS, argv: Optional[Sequence[str]] = None,
+                  require_model_dir: bool = True) -> Resolution:
+    """The preset with every given flag (ours, or the authors' alias) applied,
+    the run config, and each value's origin. `argv`: the command line, for
+    telling flagfile values from command-line ones (default sys.argv)."""
+    origins = flag_origins(sys.argv[1:] if argv is None else argv)
+
+    def origin(name):
+        return origins.get(name, "command line")
+
+    authors_names = authors_flags.used_names(flag_values)
+    preset = flag_values.preset
+    if not flag_values["preset"].present and authors_names:
+        preset = "authors"
+    config = get_preset(preset)
+    sources = {}
+    overrides = {}
+    for key, (name, _) in CONFIG_FLAGS.items():
+        if flag_values[name].present:
+            overrides[key] = flag_values[name].value
+            sources[key] = f"--{name} ({origin(name)})"
+    by_flag = {name: key for key, (name, _) in CONFIG_FLAGS.items()}
+    run_values = {}
+    for target, (value, alias) in authors_flags.alias_values(flag_values).items():
+        where = f"--{alias} ({origin(alias)}; the authors' name for --{target})"
+        if target in by_flag:
+            overrides[by_flag[target]] = value
+            sources[by_flag[target]] = where
+        else:
+            run_values[target] = (value, where)
+        if alias == "checkpoint_steps" and not flag_values["checkpoint_epochs"].present:
+            overrides["train.checkpoint_epochs"] = 0.0  # theirs: steps override epochs
+            sources["train.checkpoint_epochs"] = f"{where}: steps override epochs"
+    if preset == "authors":
+        for key, (value, why) in authors_flags.authors_derived(flag_values,
+                                                               overrides).items():
+            overrides[key] = value
+            sources[key] = f"derived from {why}"
     if overrides:
         config = config.override(**overrides)
-    if flag_values.model_dir is None:
+    for key in _config_keys(config):
+        sources.setdefault(key, f"preset {preset}")
+    if require_model_dir and flag_values.model_dir is None:
         raise ValueError("--model_dir is required (where checkpoints and results go)")
-    run_config = RunConfig(
-        mode=flag_values.mode, model_dir=flag_values.model_dir,
-        train_mode=flag_values.train_mode, checkpoint=flag_values.checkpoint,
-        strategy=flag_values.strategy, tpu=flag_values.tpu, tpu_zone=flag_values.tpu_zone,
-        gcp_project=flag_values.gcp_project, num_gpus=flag_values.num_gpus,
-        num_cpu_devices=flag_values.num_cpu_devices,
-        deterministic=flag_values.deterministic, teacher=flag_values.teacher,
-        from_scratch=flag_values.from_scratch,
-        accept_changed_settings=flag_values.accept_changed_settings)
-    return config, run_config
+    mode = authors_flags.check_mode(flag_values.mode, flag_values.train_mode)
+    run = {name: flag_values[name].value for name in _RUN_FLAGS}
+    run.update(mode=mode, model_dir=flag_values.model_dir or "(not set)")
+    for name in _RUN_FLAGS:
+        if flag_values[name].present:
+            sources[f"run.{name}"] = f"--{name} ({origin(name)})"
+    if flag_values.mode == "train":
+        sources["run.mode"] = f"--mode=train with --train_mode={flag_values.train_mode}"
+    elif not flag_values["mode"].present and flag_values["train_mode"].present:
+        # The authors' default --mode=train: train what --train_mode says.
+        run["mode"] = flag_values.train_mode
+        sources["run.mode"] = ("--train_mode, as no --mode was given (the authors' "
+                               "default --mode=train)")
+    for name, (value, where) in run_values.items():
+        run[name] = value
+        sources[f"run.{name}"] = where
+    run_config = RunConfig(**run)
+    for name in _RUN_FLAGS:
+        sources.setdefault(f"run.{name}", "default")
+    notices = []
+    if preset == "authors" and not flag_values["preset"].present:
+        notices.append("base config: preset 'authors' (the defaults of google-research/"
+                       "simclr tf2/run.py), since the command uses their flag names ("
+                       f"{', '.join(authors_names)}); pass --preset to choose another")
+    if flag_values["eval_name"].present:
+        notices.append("--eval_name is never read by the authors' TF2 code; ignored here "
+                       "too (results go to result.json in --model_dir)")
+    notices += authors_flags.tf1_notices(
+        flag_values, run_config.training_mode or run_config.train_mode,
+        config.model.ft_proj_selector, config.train.zero_init_logits_layer)
+    return Resolution(config, run_config, preset, sources, notices)
+
+
+# RunConfig fields that are flags of the same name.
+_RUN_FLAGS = ("mode", "model_dir", "train_mode", "checkpoint", "strategy", "tpu",
+              "tpu_zone", "gcp_project", "num_gpus", "num_cpu_devices", "deterministic",
+              "teacher", "from_scratch", "accept_changed_settings")
+
+
+def _config_keys(config: ExperimentConfig) -> List[str]:
+    return [f"{section}.{field.name}" for section in _SECTION_TYPES
+            for field in dataclasses.fields(getattr(config, section))]
+
+
+def configs_from_flags(flag_values=flags.FLAGS,
+                       argv: Optional[Sequence[str]] = None) -> Tuple[ExperimentConfig,
+                                                                      RunConfig]:
+    """The preset with every explicitly given flag applied, and the run config."""
+    resolution = resolve_flags(flag_values, argv)
+    return resolution.config, resolution.run_config
+
+
+def format_resolution(resolution: Resolution) -> str:
+    """The dry run's report: every run setting and config value with its origin."""
+    lines = [f"dry run: nothing was run or written. Base config: preset "
+             f"{resolution.preset!r}."]
+    rows = [(f"run.{k}", v) for k, v in dataclasses.asdict(resolution.run_config).items()
+            if f"run.{k}" in resolution.sources]
+    rows += [(key, getattr(getattr(resolution.config, key.split(".")[0]),
+                           key.split(".")[1])) for key in _config_keys(resolution.config)]
+    width = max(len(f"{k} = {v!r}") for k, v in rows)
+    for key, value in rows:
+        lines.append(f"  {f'{key} = {value!r}':<{width}}  <- {resolution.sources[key]}")
+    lines += [f"notice: {notice}" for notice in resolution.notices]
+    return os.linesep.join(lines)

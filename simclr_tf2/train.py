@@ -10,20 +10,28 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from simclr_tf2.data.sources import DataError
-from simclr_tf2.flag_definitions import configs_from_flags, define_flags
+from simclr_tf2.flag_definitions import define_flags, format_resolution, resolve_flags
 from simclr_tf2.errors import RunError
 from simclr_tf2.training.runner import run
 
 FLAGS = flags.FLAGS
 
 
-def run_command(flag_values) -> int:
+def run_command(flag_values, argv=None) -> int:
     """Runs what parsed `flag_values` ask for; returns the exit status. A
     configuration or data problem prints one `simclr_tf2.train: error:` line
-    (what is wrong and the fix) and returns 2 before anything is written."""
+    (what is wrong and the fix) and returns 2 before anything is written.
+    --dry_run prints the resolved config and returns 0. `argv`: the command
+    line (default sys.argv), to tell flagfile values from the command line's."""
     try:
-        config, run_config = configs_from_flags(flag_values)
-        outcome = run(config, run_config)
+        resolution = resolve_flags(flag_values, argv,
+                                   require_model_dir=not flag_values.dry_run)
+        if flag_values.dry_run:
+            print(format_resolution(resolution), flush=True)
+            return 0
+        for notice in resolution.notices:
+            print(f"notice: {notice}", flush=True)
+        outcome = run(resolution.config, resolution.run_config)
     except (ValueError, DataError, RunError) as error:
         print(f"simclr_tf2.train: error: {error}", file=sys.stderr, flush=True)
         return 2

@@ -7,8 +7,9 @@ temperature 0.5, colour strength 0.5, no blur, 3x3 stem).
 """
 from typing import Dict, List
 
-from simclr_tf2.configs.schema import (DataConfig, ExperimentConfig, MemoryConfig,
-                                       ModelConfig, MonitorConfig, TrainConfig)
+from simclr_tf2.configs.schema import (DataConfig, ExperimentConfig, ExportConfig,
+                                       MemoryConfig, ModelConfig, MonitorConfig,
+                                       TrainConfig)
 
 # sk_ratio of every released selective-kernel model.
 RELEASED_SK_RATIO = 0.0625
@@ -48,6 +49,32 @@ def _cifar_preset(depth: int) -> ExperimentConfig:
     )
 
 
+def _authors_preset() -> ExperimentConfig:
+    """The defaults of the authors' tf2/run.py (google-research/simclr): what
+    their command lines mean where they leave a flag out. Float32, as their
+    TF2 code trains; a checkpoint every epoch."""
+    return ExperimentConfig(
+        model=ModelConfig(depth=50, width_multiplier=1, sk_ratio=0.0, se_ratio=0.0,
+                          cifar_stem=False, bn_momentum=0.9, sync_bn=True,
+                          fine_tune_after_block=-1, proj_head_mode="nonlinear",
+                          proj_out_dim=128, num_proj_layers=3, ft_proj_selector=0,
+                          num_classes=1000),
+        data=DataConfig(dataset="imagenet2012", image_size=224, train_split="train",
+                        eval_split="validation", color_jitter_strength=1.0,
+                        use_blur=True, cache=False),
+        train=TrainConfig(train_batch_size=512, eval_batch_size=256, train_epochs=100,
+                          train_steps=0, eval_steps=0, optimizer="lars",
+                          learning_rate=0.3, learning_rate_scaling="linear",
+                          warmup_epochs=10, weight_decay=1e-6, momentum=0.9,
+                          temperature=0.1, hidden_norm=True,
+                          lineareval_while_pretraining=True,
+                          zero_init_logits_layer=False, keep_checkpoint_max=5,
+                          checkpoint_epochs=1, precision="float32"),
+        memory=MemoryConfig(queue_size=0),
+        export=ExportConfig(keep_hub_module_max=1),
+    )
+
+
 def _tiny_preset() -> ExperimentConfig:
     """A ResNet-18 at quarter width on 32 px digits: seconds per step on a CPU.
     The kNN monitor is off (tests); the demo's flagfiles turn it on."""
@@ -73,6 +100,7 @@ def _build_presets() -> Dict[str, ExperimentConfig]:
     presets["cifar_r18"] = _cifar_preset(18)
     presets["cifar_r50"] = _cifar_preset(50)
     presets["tiny"] = _tiny_preset()
+    presets["authors"] = _authors_preset()
     return presets
 
 

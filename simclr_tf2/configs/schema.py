@@ -188,6 +188,11 @@ class TrainConfig:
     summary_interval: int = setting(100,
         "Steps between TensorBoard summaries (a multiple of steps_per_loop).")
     checkpoint_interval: int = setting(1000, "Steps between checkpoints.")
+    checkpoint_epochs: float = setting(0.0,
+        "Checkpoint every this many epochs instead of every checkpoint_interval steps "
+        "(0 = use checkpoint_interval).")
+    eval_steps: int = setting(0, "Evaluate on this many eval batches (0 = the whole "
+                              "eval split).")
     keep_checkpoint_max: int = setting(5, "Checkpoints to keep.")
     seed: int = setting(0, "Seed of model initialisation.")
 
@@ -212,6 +217,8 @@ class TrainConfig:
         check_range("distill_alpha", self.distill_alpha, 0)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("bn_recompute_images", self.bn_recompute_images, BN_RECOMPUTE_IMAGES)
+        check_range("checkpoint_epochs", self.checkpoint_epochs, 0)
+        check_range("eval_steps", self.eval_steps, 0)
         for name in ("steps_per_loop", "summary_interval", "checkpoint_interval",
                      "keep_checkpoint_max", "bn_recompute_batches"):
             check_range(name, getattr(self, name), 1)

@@ -88,7 +88,8 @@ def evaluate(config: ExperimentConfig, run_config: RunConfig, strategy,
         mode = run_config.train_mode
     dataset = distribute(strategy, lambda ctx: build_from_config(
         config.data, source, "eval", batch, input_context=ctx))
-    counts = TopKEvaluator(model, strategy, dataset).evaluate(tf.constant(-1))
+    counts = TopKEvaluator(model, strategy, dataset).evaluate(
+        tf.constant(config.train.eval_steps or -1))
     result = {"split": split, **counts, "global_step": step, "checkpoint": checkpoint,
               "train_mode": mode}
     if is_chief(strategy):

@@ -68,6 +68,14 @@ def prepare_data(config, run_config, mode, write: bool = True):
     return source, indices
 
 
+def checkpoint_interval(config: ExperimentConfig, steps) -> int:
+    """Steps between checkpoints: checkpoint_epochs epochs when set, else
+    checkpoint_interval."""
+    if config.train.checkpoint_epochs > 0:
+        return max(1, round(config.train.checkpoint_epochs * steps.steps_per_epoch))
+    return config.train.checkpoint_interval
+
+
 def train(config: ExperimentConfig, run_config: RunConfig, strategy,
           mode: str, verbose: bool = True, data=None) -> Learner:
     """Trains `mode` in model_dir until train_steps/epochs; resumes if a
@@ -93,7 +101,7 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
         run_config.model_dir, f".worker_{strategy.cluster_resolver.task_id}")
     manager = tf.train.CheckpointManager(
         checkpoint, checkpoint_dir, max_to_keep=config.train.keep_checkpoint_max,
-        step_counter=learner.step, checkpoint_interval=config.train.checkpoint_interval)
+        step_counter=learner.step, checkpoint_interval=checkpoint_interval(config, steps))
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         say(verbose, f"resuming from {manager.latest_checkpoint} at step "

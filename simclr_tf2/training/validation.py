@@ -25,7 +25,7 @@ log = logging.getLogger("simclr_tf2.train")
 # trains: a resumed run may change them freely.
 HOUSEKEEPING = {
     "train": {"steps_per_loop", "summary_interval", "checkpoint_interval",
-              "keep_checkpoint_max", "eval_batch_size"},
+              "checkpoint_epochs", "keep_checkpoint_max", "eval_batch_size", "eval_steps"},
     "data": {"data_dir", "eval_split", "cache", "tfds_download", "verify_images"},
     "monitor": "*", "export": "*",
 }
