@@ -232,3 +232,36 @@ def test_start_step_resumes_the_exact_batch_stream(cache):
     for x, y in zip(fresh[27:], resumed):  # 27 batches = past the first epoch
         np.testing.assert_array_equal(x["index"], y["index"])
         np.testing.assert_array_equal(x["view2"], y["view2"])
+
+
+def _copy_tree(local_root, remote_root):
+    """The local folder, file for file, on another TensorFlow filesystem."""
+    for directory, _, files in os.walk(local_root):
+        target = remote_root + directory[len(str(local_root)):].replace(os.sep, "/")
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(directory, name), f"{target}/{name}", overwrite=True)
+
+
+def test_a_folder_on_another_filesystem_reads_exactly_like_on_local_disk(messy_folder):
+    """ram:// stands for gs:// and the other TensorFlow filesystems."""
+    remote = "ram://test_data_pipeline/images"
+    _copy_tree(messy_folder, remote)
+    try:
+        assert scan_image_folder(remote, True) == scan_image_folder(str(messy_folder), True)
+        assert scan_image_folder(remote, False) == scan_image_folder(str(messy_folder), False)
+        local, far = (folder_source(r, "train", labelled=True)
+                      for r in (str(messy_folder), remote))
+        assert list(far.ids) == list(local.ids) and (far.labels == local.labels).all()
+        for a, b in zip(local.dataset(), far.dataset()):
+            np.testing.assert_array_equal(a["image"], b["image"])
+        tf.io.gfile.makedirs("ram://test_data_pipeline/ids")
+        ids_file = "ram://test_data_pipeline/ids/ids.txt"
+        with tf.io.gfile.GFile(ids_file, "w") as f:
+            f.write("cat/good.jpg\ndog/good.png\n")
+        assert list(subset_from_ids(far, ids_file)) == [local.ids.tolist().index(
+            "cat/good.jpg"), local.ids.tolist().index("dog/good.png")]
+        with pytest.raises(DataError, match="does not exist"):
+            scan_image_folder(remote + "/missing", True)
+    finally:
+        tf.io.gfile.rmtree("ram://test_data_pipeline")

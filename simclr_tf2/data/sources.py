@@ -4,10 +4,14 @@ A `Source` is one split: per-example ids and labels as NumPy arrays (for
 subsets and reports) and a `dataset(indices)` that yields
 {'image': float32 [H, W, 3] in [0, 1], 'label': int64, 'index': int64} for
 the chosen examples. Labels are -1 where there are none (unlabeled folders).
+Image folders are read through `tf.io.gfile`, so any TensorFlow filesystem
+works (local, gs://, ram://, ...).
 """
 import dataclasses
+import io
 import logging
 import os
+import posixpath
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -68,17 +72,18 @@ def builtin_source(name: str, split: str, image_size: int) -> Source:
 
 
 # ------------------------------------------------------------------ folder
-def _looks_like_image(path: str) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(8)
-    return any(head.startswith(m) for m in _MAGIC)
-
-
-def _decodes(path: str) -> Optional[str]:
-    """None if the file fully decodes, else the reason."""
+def _problem(path: str, verify: bool) -> Optional[str]:
+    """None if `path` is a readable image (fully decoded when `verify`),
+    else the reason to skip it."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read() if verify else f.read(8)
+    if not any(data.startswith(m) for m in _MAGIC):
+        return "not an image (unknown file signature)"
+    if not verify:
+        return None
     from PIL import Image  # pillow ships with matplotlib, a tf-models dependency
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()
             if image.size[0] < 1 or image.size[1] < 1:
                 return "has no pixels"
@@ -87,9 +92,19 @@ def _decodes(path: str) -> Optional[str]:
     return None
 
 
+def _join(*parts: str) -> str:
+    """Path join that keeps a filesystem scheme (gs://, ram://) intact."""
+    return posixpath.join(*parts) if "://" in parts[0] else os.path.join(*parts)
+
+
+def _visible(names) -> List[str]:
+    """Listing entries without hidden ones; directory marks (gs: 'a/') dropped."""
+    return sorted(n.rstrip("/") for n in names if not n.startswith("."))
+
+
 def scan_image_folder(root: str, labelled: bool, verify: bool = True
                       ) -> Tuple[List[str], List[int], List[str], Dict[str, str]]:
-    """Lists the images under `root`.
+    """Lists the images under `root` (any TensorFlow filesystem).
 
     labelled=True: one sub-folder per class (sorted names = class ids), images
     anywhere below it. labelled=False: every image in the tree, label -1.
@@ -97,38 +112,34 @@ def scan_image_folder(root: str, labelled: bool, verify: bool = True
     returned in `skipped` {relative path: reason}.
     Returns (relative paths, labels, class names, skipped).
     """
-    if not os.path.isdir(root):
+    if not tf.io.gfile.isdir(root):
         raise DataError(f"image folder {root!r} does not exist or is not a "
                         "directory: set data_dir to a folder of images")
     if labelled:
-        classes = sorted(d for d in os.listdir(root)
-                         if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+        classes = [d for d in _visible(tf.io.gfile.listdir(root))
+                   if tf.io.gfile.isdir(_join(root, d))]
         if not classes:
             raise DataError(f"image folder {root!r} has no class sub-folders: put "
                             "each class's images in root/<class name>/ (or use it "
                             "unlabeled, for pretraining only)")
-        groups = [(c, os.path.join(root, c), label) for label, c in enumerate(classes)]
+        groups = [(c, c, label) for label, c in enumerate(classes)]
     else:
         classes = []
-        groups = [("", root, -1)]
+        groups = [("", "", -1)]
     paths, labels, skipped = [], [], {}
     empty_classes = []
-    for class_name, folder, label in groups:
+    for class_name, relative, label in groups:
         found = 0
-        for directory, subdirs, files in os.walk(folder):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-            for file_name in sorted(files):
-                if file_name.startswith("."):
-                    continue
-                full = os.path.join(directory, file_name)
-                rel = os.path.relpath(full, root)
+        folder = _join(root, relative) if relative else root
+        for directory, subdirs, files in tf.io.gfile.walk(folder):
+            subdirs[:] = _visible(subdirs)
+            below = directory[len(root):].strip("/")
+            for file_name in _visible(files):
+                rel = posixpath.join(below, file_name) if below else file_name
                 if not file_name.lower().endswith(IMAGE_EXTENSIONS):
                     skipped[rel] = "not an image file name"
                     continue
-                if not _looks_like_image(full):
-                    skipped[rel] = "not an image (unknown file signature)"
-                    continue
-                reason = _decodes(full) if verify else None
+                reason = _problem(_join(directory, file_name), verify)
                 if reason:
                     skipped[rel] = reason
                     continue
@@ -165,10 +176,9 @@ def decode_image_file(path: tf.Tensor) -> tf.Tensor:
 
 def folder_source(root: str, split: str, labelled: bool, verify: bool = True) -> Source:
     """Images under root/<split> when that folder exists, else under root."""
-    folder = os.path.join(root, split) if split and os.path.isdir(
-        os.path.join(root, split)) else root
+    folder = _join(root, split) if split and tf.io.gfile.isdir(_join(root, split)) else root
     paths, labels, classes, _ = scan_image_folder(folder, labelled, verify)
-    full = tf.constant([os.path.join(folder, p) for p in paths])
+    full = tf.constant([_join(folder, p) for p in paths])
     label_array = np.asarray(labels, np.int64)
     label_tensor = tf.constant(label_array)
 

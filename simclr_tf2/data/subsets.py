@@ -3,10 +3,11 @@
 The examples outside the subset stay in the source: pretraining and
 distillation read every training image, fine-tuning reads only the subset.
 """
-import os
+import posixpath
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
 
 from simclr_tf2.data.sources import DataError, Source
 
@@ -40,9 +41,9 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.
 def subset_from_ids(source: Source, ids_file: str) -> np.ndarray:
     """Sorted indices of the examples whose ids are listed in `ids_file` (one per
     line; for ImageNet the tfds file names, e.g. n01440764_10026.JPEG)."""
-    if not os.path.isfile(ids_file):
+    if not tf.io.gfile.exists(ids_file) or tf.io.gfile.isdir(ids_file):
         raise DataError(f"label_ids_file {ids_file!r} does not exist")
-    with open(ids_file) as f:
+    with tf.io.gfile.GFile(ids_file) as f:
         wanted = [line.strip() for line in f if line.strip()]
     position = {example_id: i for i, example_id in enumerate(source.ids)}
     missing = [w for w in wanted if w not in position]
@@ -69,9 +70,10 @@ def labelled_subset(source: Source, fraction: float = 1.0,
     else:
         indices = stratified_subset(source.labels, fraction, seed)
     if write_to:
-        os.makedirs(os.path.dirname(os.path.abspath(write_to)), exist_ok=True)
+        # any TensorFlow filesystem: model_dir may be in a bucket
+        tf.io.gfile.makedirs(posixpath.dirname(write_to) or ".")
         tmp = write_to + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(f"{source.ids[i]}\n" for i in indices)
-        os.replace(tmp, write_to)
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write("".join(f"{source.ids[i]}\n" for i in indices))
+        tf.io.gfile.rename(tmp, write_to, overwrite=True)
     return indices

@@ -7,7 +7,6 @@ a changed model is refused, changed training settings too unless
 recorded with the run).
 """
 import logging
-import os
 from typing import Dict, List
 
 import tensorflow as tf
@@ -77,7 +76,7 @@ def validate(config: ExperimentConfig, run_config: RunConfig) -> None:
               "--checkpoint is not set")
     if run_config.checkpoint is not None and not is_savedmodel_dir(run_config.checkpoint):
         resolve_checkpoint(run_config.checkpoint)
-    if config.data.dataset == "folder" and not os.path.isdir(config.data.data_dir or ""):
+    if config.data.dataset == "folder" and not tf.io.gfile.isdir(config.data.data_dir or ""):
         raise DataError(f"data_dir {config.data.data_dir!r} does not exist: point "
                         "data_dir at the image folder")
     if config.memory.queue_size > 0 and training not in (None, "pretrain"):
