@@ -1,0 +1,240 @@
+"""The README's recipes, run at tiny scale: each command as the README writes
+it, with its paths pointed at generated image folders and small-scale flags
+appended (absl: the last value of a flag wins), through the command's own
+parser and error path. A renamed flag makes these tests fail."""
+import glob
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+from PIL import Image
+
+from simclr_tf2.flag_definitions import define_flags, resolve_flags
+from simclr_tf2.train import run_command
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # whole runs, exports
+
+# Small-scale settings appended to every command; TINY_MODEL also swaps the
+# ResNet-50 of the recipes for the tiny preset.
+SMALL = ["--image_size=32", "--train_steps=2", "--train_batch_size=8",
+         "--eval_batch_size=16", "--steps_per_loop=1", "--summary_interval=1",
+         "--checkpoint_interval=1", "--knn_interval=0", "--nouse_blur"]
+TINY_MODEL = ["--preset=tiny", "--width_multiplier=0.25"]
+
+
+def recipe(name):
+    """The fenced block after `<!-- recipe: name -->` in README.md: its
+    commands (a list of argv lists, continuation lines joined, comments and
+    blank lines dropped) or, for a python block, its source."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    match = re.search(rf"<!-- recipe: {name} -->\n```(\w+)\n(.*?)```", readme, re.S)
+    assert match, f"README recipe {name!r} not found"
+    language, body = match.groups()
+    if language == "python":
+        return body
+    commands = []
+    for chunk in body.replace("\\\n", " ").splitlines():
+        chunk = chunk.strip()
+        if chunk and not chunk.startswith("#"):
+            commands.append(shlex.split(chunk))
+    return commands
+
+
+def _save(path, seed, size=40):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((size, size), Image.BICUBIC).save(path)
+
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory):
+    """/data/... of the recipes: 5 classes with train/ and val/, an unlabeled
+    tree with a corrupt file, a label-ids file."""
+    root = tmp_path_factory.mktemp("recipes")
+    data = root / "data"
+    for c in range(5):
+        for i in range(4):
+            _save(str(data / "labelled" / "train" / f"c{c}" / f"{i}.png"), 10 * c + i)
+        for i in range(2):
+            _save(str(data / "labelled" / "val" / f"c{c}" / f"{i}.jpg"), 100 + 10 * c + i)
+    for i in range(16):
+        _save(str(data / "unlabeled" / f"batch{i % 3}" / f"{i}.jpg"), 500 + i)
+    (data / "unlabeled" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (data / "my_ids.txt").write_text("".join(f"c{c}/0.png\n" for c in range(5)))
+    return root
+
+
+def localise(argv, root, bucket="gs://my-bucket/"):
+    """The recipe's paths, under the test's directory (buckets too)."""
+    out = []
+    for arg in argv:
+        for old, new in (("/data/", f"{root}/data/"), ("=runs/", f"={root}/runs/"),
+                         ("=models/", f"={root}/models/"), (bucket, f"{root}/bucket/")):
+            arg = arg.replace(old, new)
+        out.append(arg)
+    return out
+
+
+def train(argv, extra=()):
+    """One `python -m simclr_tf2.train` command, in process; its exit status."""
+    assert argv[:3] == ["python", "-m", "simclr_tf2.train"], argv
+    args = [*argv[3:], *extra]
+    values = flags.FlagValues()
+    define_flags(values)
+    values(["train", *args])
+    return run_command(values, args)
+
+
+def _flag(argv, name):
+    return next(a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}="))
+
+
+def test_own_images_recipe_pretrains_fine_tunes_exports_and_loads_in_keras(place):
+    pretrain, finetune, finetune_ids, export = (localise(c, place)
+                                                for c in recipe("own-images"))
+    assert train(pretrain, [*SMALL, *TINY_MODEL]) == 0
+    assert tf.train.latest_checkpoint(_flag(pretrain, "model_dir"))
+    for command, batch in ((finetune, 8), (finetune_ids, 4)):  # 5 labelled ids
+        assert train(command, [*SMALL, *TINY_MODEL, f"--train_batch_size={batch}"]) == 0
+        result = json.load(open(os.path.join(_flag(command, "model_dir"), "result.json")))
+        assert result["split"] == "val" and result["num_examples"] == 10
+        assert result["train_mode"] == "finetune"
+    ids = open(os.path.join(_flag(finetune_ids, "model_dir"), "labelled_ids.txt")).read()
+    assert ids.split() == [f"c{c}/0.png" for c in range(5)]
+    # the export entry point over the fine-tuned run
+    assert export[:2] == ["python", "export/export_hub.py"]
+    done = subprocess.run([sys.executable, *export[1:]], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "exported hub modules to" in done.stdout
+    # the Keras snippet, with the recipe's paths
+    source = recipe("keras").replace('"runs/', f'"{place}/runs/').replace(
+        "(224, 224, 3)", "(32, 32, 3)")
+    scope = {}
+    exec(compile(source, "README recipe keras", "exec"), scope)
+    logits = scope["model"](tf.random.uniform([2, 32, 32, 3]))
+    assert logits.shape == (2, 5)
+    assert len(scope["model"].trainable_weights) > 2  # the hub layer fine-tunes
+
+
+def test_released_model_recipe_fine_tunes_a_local_copy(place):
+    from official_reference import OfficialLikeModel, save_official_like
+    gsutil, command = recipe("released")
+    assert gsutil[:3] == ["gsutil", "-m", "cp"]  # network: the test starts after it
+    assert gsutil[-2].startswith("gs://simclr-checkpoints-tf2/simclrv2/pretrained/")
+    command = localise(command, place)
+    save_official_like(OfficialLikeModel(), _flag(command, "checkpoint"))
+    # the recipe's ResNet-50 (it must match the SavedModel), small images
+    assert train(command, [*SMALL, "--train_steps=1", "--nosync_bn",
+                           "--noexport_at_end"]) == 0
+    result = json.load(open(os.path.join(_flag(command, "model_dir"), "result.json")))
+    assert result["num_examples"] == 10
+
+
+def test_hardware_recipes_run_on_logical_devices(place, capsys):
+    gpus, workers, tpu = (localise(c, place) for c in recipe("hardware"))
+    # several GPUs: the same command on two logical CPU devices
+    assert "--strategy=mirrored" in gpus
+    assert train(gpus, [*SMALL, *TINY_MODEL, "--num_cpu_devices=2",
+                        "--precision=float32", "--noexport_at_end"]) == 0
+    assert "on 2 replica(s)" in capsys.readouterr().out
+    # several machines: TF_CONFIG names the cluster (run as local processes
+    # in test_train_cli.py); here the command's own settings
+    assert workers[0].startswith("TF_CONFIG=") and "--strategy=multi_worker_mirrored" in workers
+    assert workers[1:4] == ["python", "-m", "simclr_tf2.train"]
+    resolution = _resolve(workers[4:])
+    assert resolution.run_config.strategy == "multi_worker_mirrored"
+    # the TPU: what it resolves to, then the same run on two logical CPUs
+    resolution = _resolve(tpu[3:])
+    assert (resolution.run_config.strategy, resolution.run_config.tpu) == ("auto", "my-tpu")
+    assert resolution.config.train.precision == "mixed_bfloat16"
+    assert resolution.config.data.data_dir.endswith("bucket/tensorflow_datasets")
+    assert train(tpu, [*SMALL, *TINY_MODEL, "--tpu=", "--strategy=mirrored",
+                       "--num_cpu_devices=2", "--dataset=folder",
+                       f"--data_dir={place}/data/unlabeled", "--precision=float32",
+                       "--noexport_at_end"]) == 0
+
+
+def test_distillation_recipe_distils_the_fine_tuned_run(place):
+    (command,) = recipe("distill")
+    command = localise(command, place)
+    teacher = _flag(command, "teacher")
+    if not tf.train.latest_checkpoint(teacher):  # run alone: make the teacher
+        for step in recipe("own-images")[:2]:
+            assert train(localise(step, place), [*SMALL, *TINY_MODEL]) == 0
+    assert train(command, [*SMALL, "--preset=tiny", "--noexport_at_end"]) == 0
+    result = json.load(open(os.path.join(_flag(command, "model_dir"), "result.json")))
+    assert result["train_mode"] == "distill" and result["num_examples"] == 10
+    assert glob.glob(os.path.join(_flag(command, "model_dir"), "ckpt-*.index"))
+
+
+def _resolve(args):
+    values = flags.FlagValues()
+    define_flags(values)
+    values(["train", *args])
+    return resolve_flags(values, args)
+
+
+_SAME_RUN_ON_RAM = r"""
+import json, os, sys
+import numpy as np, tensorflow as tf
+from simclr_tf2 import get_preset
+from simclr_tf2.training.runner import RunConfig, run
+
+local, out = sys.argv[1], sys.argv[2]
+remote = "ram://recipes/labelled"
+for directory, _, files in os.walk(local):  # the same folder, file for file
+    target = remote + directory[len(local):]
+    tf.io.gfile.makedirs(target)
+    for name in files:
+        tf.io.gfile.copy(os.path.join(directory, name), target + "/" + name)
+config = get_preset("tiny").override(**{
+    "data.dataset": "folder", "data.data_dir": local, "data.eval_split": "val", "model.num_classes": 5,
+    "train.train_steps": 3, "train.train_batch_size": 8, "train.steps_per_loop": 1,
+    "train.summary_interval": 1, "train.checkpoint_interval": 1,
+    "export.export_at_end": False, "data.use_blur": False})
+report = {}
+for name, root in (("local", local), ("ram", remote)):
+    data = config.override(**{"data.data_dir": root})
+    pre = run(data, RunConfig(mode="pretrain", model_dir=f"{out}/{name}_pre",
+                              deterministic=True), verbose=False)
+    ft = run(data, RunConfig(mode="train_then_eval", train_mode="finetune",
+                             model_dir=f"{out}/{name}_ft", checkpoint=f"{out}/{name}_pre",
+                             deterministic=True), verbose=False)
+    report[name] = {
+        "pretrain": [w.tolist() for w in pre["learner"].model.get_weights()[:3]],
+        "finetune": [float(np.sum(w)) for w in ft["learner"].model.get_weights()],
+        "result": ft["result"]["top1"], "examples": ft["result"]["num_examples"],
+        "ids": open(f"{out}/{name}_ft/labelled_ids.txt").read()}
+print(json.dumps(report))
+"""
+
+
+def test_a_folder_in_a_bucket_trains_and_fine_tunes_exactly_like_on_local_disk(place,
+                                                                                tmp_path):
+    """ram:// stands in for gs://: same examples, same skipped files, same
+    weights (deterministic runs, one process so both see the ram:// folder)."""
+    bad = place / "data" / "labelled" / "train" / "c0" / "notes.txt"
+    bad.write_text("not an image")
+    try:
+        done = subprocess.run([sys.executable, "-c", _SAME_RUN_ON_RAM,
+                               str(place / "data" / "labelled"), str(tmp_path)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+    finally:
+        bad.unlink()
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["local"]["ids"] == report["ram"]["ids"] and report["ram"]["examples"] == 10
+    assert report["local"]["pretrain"] == report["ram"]["pretrain"]
+    assert report["local"]["finetune"] == report["ram"]["finetune"]
+    assert report["local"]["result"] == report["ram"]["result"]
+    assert done.stderr.count("skipped 1 file(s)") >= 2  # notes.txt, in both places
