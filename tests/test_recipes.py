@@ -101,10 +101,11 @@ def _flag(argv, name):
 def test_own_images_recipe_pretrains_fine_tunes_exports_and_loads_in_keras(place):
     pretrain, finetune, finetune_ids, export = (localise(c, place)
                                                 for c in recipe("own-images"))
-    assert train(pretrain, [*SMALL, *TINY_MODEL]) == 0
+    assert train(pretrain, [*SMALL, *TINY_MODEL, "--noexport_at_end"]) == 0
     assert tf.train.latest_checkpoint(_flag(pretrain, "model_dir"))
     for command, batch in ((finetune, 8), (finetune_ids, 4)):  # 5 labelled ids
-        assert train(command, [*SMALL, *TINY_MODEL, f"--train_batch_size={batch}"]) == 0
+        assert train(command, [*SMALL, *TINY_MODEL, f"--train_batch_size={batch}",
+                               "--noexport_at_end"]) == 0
         result = json.load(open(os.path.join(_flag(command, "model_dir"), "result.json")))
         assert result["split"] == "val" and result["num_examples"] == 10
         assert result["train_mode"] == "finetune"
@@ -141,6 +142,8 @@ def test_released_model_recipe_fine_tunes_a_local_copy(place):
 
 
 def test_hardware_recipes_run_on_logical_devices(place, capsys):
+    """Several GPUs: run on two logical CPU devices; several machines and the
+    TPU: their settings (two local workers run in test_train_cli.py)."""
     gpus, workers, tpu = (localise(c, place) for c in recipe("hardware"))
     # several GPUs: the same command on two logical CPU devices
     assert "--strategy=mirrored" in gpus
@@ -153,24 +156,26 @@ def test_hardware_recipes_run_on_logical_devices(place, capsys):
     assert workers[1:4] == ["python", "-m", "simclr_tf2.train"]
     resolution = _resolve(workers[4:])
     assert resolution.run_config.strategy == "multi_worker_mirrored"
-    # the TPU: what it resolves to, then the same run on two logical CPUs
+    # the TPU: what it resolves to (the run itself is the command above with
+    # --tpu in place of --strategy=mirrored: the same step on each replica,
+    # compiled with XLA in test_learner.py)
     resolution = _resolve(tpu[3:])
     assert (resolution.run_config.strategy, resolution.run_config.tpu) == ("auto", "my-tpu")
     assert resolution.config.train.precision == "mixed_bfloat16"
     assert resolution.config.data.data_dir.endswith("bucket/tensorflow_datasets")
-    assert train(tpu, [*SMALL, *TINY_MODEL, "--tpu=", "--strategy=mirrored",
-                       "--num_cpu_devices=2", "--dataset=folder",
-                       f"--data_dir={place}/data/unlabeled", "--precision=float32",
-                       "--noexport_at_end"]) == 0
+    assert resolution.run_config.model_dir.endswith("bucket/runs/tpu")
 
 
 def test_distillation_recipe_distils_the_fine_tuned_run(place):
     (command,) = recipe("distill")
     command = localise(command, place)
     teacher = _flag(command, "teacher")
-    if not tf.train.latest_checkpoint(teacher):  # run alone: make the teacher
-        for step in recipe("own-images")[:2]:
-            assert train(localise(step, place), [*SMALL, *TINY_MODEL]) == 0
+    if not tf.train.latest_checkpoint(teacher):  # not made by the test above: a
+        # teacher trained from scratch on the labels does here
+        finetune = [a for a in localise(recipe("own-images")[1], place)
+                    if not a.startswith("--checkpoint=")]
+        assert train(finetune, [*SMALL, *TINY_MODEL, "--from_scratch",
+                                "--noexport_at_end"]) == 0
     assert train(command, [*SMALL, "--preset=tiny", "--noexport_at_end"]) == 0
     result = json.load(open(os.path.join(_flag(command, "model_dir"), "result.json")))
     assert result["train_mode"] == "distill" and result["num_examples"] == 10
@@ -199,7 +204,7 @@ for directory, _, files in os.walk(local):  # the same folder, file for file
         tf.io.gfile.copy(os.path.join(directory, name), target + "/" + name)
 config = get_preset("tiny").override(**{
     "data.dataset": "folder", "data.data_dir": local, "data.eval_split": "val", "model.num_classes": 5,
-    "train.train_steps": 3, "train.train_batch_size": 8, "train.steps_per_loop": 1,
+    "train.train_steps": 2, "train.train_batch_size": 8, "train.steps_per_loop": 1,
     "train.summary_interval": 1, "train.checkpoint_interval": 1,
     "export.export_at_end": False, "data.use_blur": False})
 report = {}
