@@ -6,6 +6,7 @@ and where it pays.
     python bench/memory.py --part split_bn [--seeds 0 1 2] [--jobs 2]
     python bench/memory.py --part digits [--seeds 0 1 2] [--jobs 2]
     python bench/memory.py --part long [--long_batches 128 32] [--seeds 0 1 2] [--jobs 2]
+    python bench/memory.py --plot REPORT.json ... [--plot_out PNG]
 
 Every mnist5k arm pretrains the mnist5k recipe (flags/mnist5k_pretrain.cfg,
 tiny ResNet-18) for EPOCHS epochs with its own flags and pretraining seed =
@@ -287,7 +288,7 @@ def summarise(records, control):
     return rows
 
 
-def plot(rows, path):
+def plot(rows, path, title=f"mnist5k, {EPOCHS} pretraining epochs: memory vs none"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -308,7 +309,7 @@ def plot(rows, path):
         axis.set_title(label)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.suptitle(f"mnist5k, {EPOCHS} pretraining epochs: memory vs none")
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -327,7 +328,19 @@ def main(argv=None):
                         help="--part long: the pretraining batch sizes to compare at")
     parser.add_argument("--quick", action="store_true",
                         help="a few steps per stage: checks the script, not the numbers")
+    parser.add_argument("--plot", nargs="+", metavar="REPORT",
+                        help="only plot: the rows of these --part long reports (JSON) "
+                        "in one figure, written to --plot_out")
+    parser.add_argument("--plot_out", default=os.path.join(ROOT, "bench", "results",
+                                                           "memory_mnist5k_long.png"))
     args = parser.parse_args(argv)
+    if args.plot:
+        rows = []
+        for report in args.plot:
+            with open(report) as f:
+                rows += json.load(f)["rows"]
+        plot(rows, args.plot_out, "mnist5k, 75 pretraining epochs: memory vs none")
+        return {"plot": args.plot_out, "arms": [r["arm"] for r in rows]}
     os.makedirs(args.workdir, exist_ok=True)
     absl_logging.set_verbosity(absl_logging.WARNING)
     arms = {"hypotheses": HYPOTHESIS_ARMS, "batch": BATCH_ARMS,

@@ -266,6 +266,17 @@ def test_memory_benchmark_pairs_each_arm_with_its_control(fake_run, tmp_path, ca
                   for c, rc in fake_run.calls
                   if "long32" in rc.model_dir and rc.mode == "pretrain") == [
         (75, 32, 0), (75, 32, 1024)]
+    # Both batch sizes' long reports in one figure.
+    reports = []
+    for name, report in (("long", long), ("long32", small)):
+        reports.append(str(tmp_path / f"{name}.json"))
+        with open(reports[-1], "w") as f:
+            json.dump(report, f)
+    out = str(tmp_path / "long.png")
+    drawn = memory.main(["--plot", *reports, "--plot_out", out])
+    assert sorted(drawn["arms"]) == sorted(["no memory, batch 128", "memory, batch 128",
+                                            "no memory, batch 32", "memory, batch 32"])
+    assert os.path.getsize(out) > 10000
     assert memory.control_of("memory, temperature 0.2, batch 32") == \
         "no memory, temperature 0.2, batch 32"
     assert memory.control_of("memory, queue temperature 0.1") == "no memory"
