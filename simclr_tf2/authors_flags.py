@@ -125,16 +125,16 @@ def alias_values(flag_values) -> Dict[str, tuple]:
     return chosen
 
 
-def authors_derived(flag_values, config_keys_given) -> Dict[str, tuple]:
-    """Config key -> (value, why) that their code derives from other flags,
-    for the `authors` preset: the stem from image_size, the number of
-    classes from the dataset."""
+def authors_derived(config, config_keys_given) -> Dict[str, tuple]:
+    """Config key -> (value, why) that their code derives from other
+    settings of the resolved `config`, for the `authors` preset: the stem
+    from image_size, the number of classes from the dataset."""
     derived = {}
-    size = flag_values["image_size"].value
+    size = config.data.image_size
     if "model.cifar_stem" not in config_keys_given:
         derived["model.cifar_stem"] = (size <= 32, f"image_size={size} (their rule: the "
                                        "3x3 stem when image_size <= 32)")
-    dataset = flag_values["dataset"].value.split("/")[0]
+    dataset = config.data.dataset.split("/")[0]
     if "model.num_classes" not in config_keys_given and dataset in KNOWN_CLASSES:
         derived["model.num_classes"] = (KNOWN_CLASSES[dataset], f"dataset={dataset} (their"
                                         " code reads the classes from the dataset)")

@@ -173,16 +173,16 @@ def resolve_flags(flag_values=flags.FLAGS, argv: Optional[Sequence[str]] = None,
             sources[by_flag[target]] = where
         else:
             run_values[target] = (value, where)
-        if alias == "checkpoint_steps" and not flag_values["checkpoint_epochs"].present:
-            overrides["train.checkpoint_epochs"] = 0.0  # theirs: steps override epochs
+        if alias == "checkpoint_steps":  # theirs: steps override epochs
+            overrides["train.checkpoint_epochs"] = 0.0
             sources["train.checkpoint_epochs"] = f"{where}: steps override epochs"
-    if preset == "authors":
-        for key, (value, why) in authors_flags.authors_derived(flag_values,
-                                                               overrides).items():
-            overrides[key] = value
-            sources[key] = f"derived from {why}"
     if overrides:
         config = config.override(**overrides)
+    if preset == "authors":
+        derived = authors_flags.authors_derived(config, overrides)
+        if derived:
+            config = config.override(**{key: value for key, (value, _) in derived.items()})
+        sources.update({key: f"derived from {why}" for key, (_, why) in derived.items()})
     for key in _config_keys(config):
         sources.setdefault(key, f"preset {preset}")
     if require_model_dir and flag_values.model_dir is None:

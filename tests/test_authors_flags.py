@@ -237,6 +237,12 @@ def test_precedences_of_their_code():
     train = _resolve(["--checkpoint_steps=0", "--checkpoint_epochs=2",
                       "--model_dir=x"]).config.train
     assert train.checkpoint_epochs == 2
+    train = _resolve(["--checkpoint_steps=7", "--checkpoint_epochs=2",
+                      "--model_dir=x"]).config.train
+    assert (train.checkpoint_interval, train.checkpoint_epochs) == (7, 0)
+    # their defaults where the command says nothing: ImageNet, 224 px, 1000 classes
+    model = _resolve(["--resnet_depth=101", "--model_dir=x"]).config.model
+    assert (model.depth, model.cifar_stem, model.num_classes) == (101, False, 1000)
     # --mode=train trains --train_mode; without --mode, --train_mode is trained.
     for argv in (["--mode=train", "--train_mode=finetune"], ["--train_mode=finetune"]):
         run = _resolve([*argv, "--model_dir=x"]).run_config
