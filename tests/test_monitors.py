@@ -50,6 +50,17 @@ def test_effective_rank_equals_numpy(shape):
     assert float(effective_rank(x)) == pytest.approx(numpy_effective_rank(x), rel=1e-4)
 
 
+@pytest.mark.parametrize("rank", [1, 3, 10, 50])
+def test_effective_rank_of_low_rank_features_has_no_round_off_floor(rank):
+    """100 features in 128 dimensions spanning `rank` directions: float32
+    round-off in the Gram matrix's eigenvalues must not count as directions
+    (it raised rank 1 to 1.04 and rank 3 to 3.00 instead of 2.94)."""
+    rng = np.random.default_rng(rank)
+    x = (rng.normal(size=(100, rank)) @ rng.normal(size=(rank, 128))) * 5 + 3
+    x = x.astype(np.float32)
+    assert float(effective_rank(x)) == pytest.approx(numpy_effective_rank(x), rel=1e-4)
+
+
 def test_effective_rank_of_hand_made_cases():
     line = np.outer(np.arange(8.0), [1.0, 2.0, -1.0]) + 5.0  # one direction
     assert float(effective_rank(line)) == pytest.approx(1.0, abs=1e-3)
