@@ -2,7 +2,7 @@
 accepted with the authors' meanings.
 
 Their run.py defines 48 flags (`AUTHORS_FLAGS`). 39 have the same name and
-meaning here (`SAME_NAME`). The others are aliases (`ALIASES`) that set our flag, and
+meaning here. The others are aliases (`ALIASES`) that set our flag, and
 their `--mode=train` means "train what --train_mode says". Two flags of
 their TF1 code that their README commands still pass (`TF1_LEFTOVERS`) are
 accepted with a one-line notice of what they do here. A command that uses
@@ -13,11 +13,10 @@ number of classes their code reads from the dataset.
 """
 import dataclasses
 import re
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from absl import flags
 
-from simclr_tf2.configs.schema import check
 
 # tf2/run.py's flags, in its order.
 AUTHORS_FLAGS = (
@@ -72,7 +71,6 @@ TF1_LEFTOVERS = {
     "train_summary_steps": (int, "TF1: steps between training summaries; ignored "
                             "(summaries every --summary_interval steps)."),
 }
-SAME_NAME = tuple(name for name in AUTHORS_FLAGS if name not in ALIASES)
 
 # Classes of the datasets the authors' commands use (their code reads it from
 # tfds), for the `authors` preset.
@@ -188,7 +186,14 @@ def _variable_schema_notice(pattern: str, mode: str, ft_proj_selector: int,
     return f"{said}; your pattern agrees"
 
 
-def check_mode(mode: str, train_mode: str) -> str:
-    """Their --mode=train: train what --train_mode says."""
-    check(mode != "train" or bool(train_mode), "--mode=train needs --train_mode")
-    return train_mode if mode == "train" else mode
+def resolved_mode(flag_values) -> Tuple[str, Optional[str]]:
+    """The run mode, and why when the authors' spelling decided it: their
+    --mode=train, and their default mode (train) when only --train_mode is
+    given, both train what --train_mode says."""
+    mode, train_mode = flag_values["mode"], flag_values.train_mode
+    if mode.value == "train":
+        return train_mode, f"--mode=train with --train_mode={train_mode}"
+    if not mode.present and flag_values["train_mode"].present:
+        return train_mode, ("--train_mode, as no --mode was given (the authors' default "
+                            "--mode=train)")
+    return mode.value, None

@@ -187,19 +187,14 @@ def resolve_flags(flag_values=flags.FLAGS, argv: Optional[Sequence[str]] = None,
         sources.setdefault(key, f"preset {preset}")
     if require_model_dir and flag_values.model_dir is None:
         raise ValueError("--model_dir is required (where checkpoints and results go)")
-    mode = authors_flags.check_mode(flag_values.mode, flag_values.train_mode)
+    mode, why = authors_flags.resolved_mode(flag_values)
     run = {name: flag_values[name].value for name in _RUN_FLAGS}
     run.update(mode=mode, model_dir=flag_values.model_dir or "(not set)")
     for name in _RUN_FLAGS:
         if flag_values[name].present:
             sources[f"run.{name}"] = f"--{name} ({origin(name)})"
-    if flag_values.mode == "train":
-        sources["run.mode"] = f"--mode=train with --train_mode={flag_values.train_mode}"
-    elif not flag_values["mode"].present and flag_values["train_mode"].present:
-        # The authors' default --mode=train: train what --train_mode says.
-        run["mode"] = flag_values.train_mode
-        sources["run.mode"] = ("--train_mode, as no --mode was given (the authors' "
-                               "default --mode=train)")
+    if why:
+        sources["run.mode"] = why
     for name, (value, where) in run_values.items():
         run[name] = value
         sources[f"run.{name}"] = where
