@@ -174,21 +174,79 @@ def test_blur_kernel_size():
     assert augment.blur_kernel_size(96) == 9
 
 
-def test_gaussian_blur_matches_numpy_separable_convolution():
+@pytest.mark.parametrize("height,width,size,sigma",
+                         [(20, 24, 7, 1.3), (37, 50, 23, 2.0), (9, 5, 3, 0.1), (12, 11, 1, 1.0),
+                          (30, 30, 23, 0.7)])
+def test_gaussian_blur_matches_numpy_separable_convolution(height, width, size, sigma):
     rng = np.random.default_rng(1)
-    image = rng.uniform(0, 1, (20, 24, 3)).astype(np.float32)
-    sigma, size = 1.3, 7
+    image = rng.uniform(0, 1, (height, width, 3)).astype(np.float32)
     radius = size // 2
     taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma ** 2))
     taps /= taps.sum()
-    padded = np.pad(image, [(radius, radius), (radius, radius), (0, 0)])
-    rows = sum(taps[k] * padded[:, k:k + 24] for k in range(size))
-    expected = sum(taps[k] * rows[k:k + 20] for k in range(size))
+    padded = np.pad(image.astype(np.float64), [(radius, radius), (radius, radius), (0, 0)])
+    rows = sum(taps[k] * padded[:, k:k + width] for k in range(size))
+    expected = sum(taps[k] * rows[k:k + height] for k in range(size))
     out = augment.gaussian_blur(tf.constant(image), tf.constant(sigma), size)
-    np.testing.assert_allclose(out, expected, atol=1e-5)
-    # Blurring keeps the mean of a constant image away from the border.
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_gaussian_blur_keeps_a_constant_image_away_from_the_border():
     flat = augment.gaussian_blur(tf.fill([20, 20, 3], 0.5), tf.constant(2.0), 7).numpy()
     np.testing.assert_allclose(flat[5:-5, 5:-5], 0.5, atol=1e-6)
+
+
+def test_crop_and_resize_cuts_the_window_and_resizes_uint8_like_float():
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, (41, 57, 3), dtype=np.uint8)
+    as_float = pixels.astype(np.float32) / 255.0
+    for top, left, height, width in [(0, 0, 41, 57), (3, 5, 20, 31), (40, 56, 1, 1)]:
+        window = tf.constant([top, left, height, width])
+        expected = augment.resize(tf.constant(as_float[top:top + height, left:left + width]),
+                                  24)
+        np.testing.assert_array_equal(
+            augment.crop_and_resize(tf.constant(as_float), window, 24), expected)
+        from_uint8 = augment.crop_and_resize(tf.constant(pixels), window, 24)
+        assert from_uint8.dtype == tf.float32
+        np.testing.assert_allclose(from_uint8, expected, atol=1e-6)
+
+
+def _recipe_view(image, seed, size, strength, blur, flip):
+    """The pretraining view composed from the single augmentations, one after
+    another, with the sub-seeds the recipe documents."""
+    crop_seed, flip_seed, color_seed, blur_seed = augment.split_seed(seed, 4)
+    view = augment.random_resized_crop(image, crop_seed, size)
+    if flip:
+        view = augment.random_flip(view, flip_seed)
+    view = augment.random_color_distortion(view, color_seed, strength)
+    if blur:
+        view = augment.random_blur(view, blur_seed, size)
+    return tf.clip_by_value(view, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_pretrain_view_is_the_recipe_of_single_augmentations(xla):
+    image = _colourful(70, 90)
+    for i in range(12):
+        for size, strength, blur, flip in [(48, 1.0, True, True), (32, 0.5, False, False)]:
+            expected = _recipe_view(image, _seed(i), size, strength, blur, flip)
+            view = augment.pretrain_view(image, _seed(i), size, strength, blur, flip=flip,
+                                         xla=xla)
+            # XLA fuses the colour arithmetic: float32 round-off, not other draws.
+            np.testing.assert_allclose(view, expected, atol=5e-6 if xla else 1e-6)
+
+
+def test_views_of_crops_compiled_and_plain_agree_on_every_draw():
+    rng = np.random.default_rng(3)
+    crops = [tf.constant(rng.uniform(0, 1, (64, 64, 3)).astype(np.float32)) for _ in range(2)]
+    flipped = []
+    for i in range(40):
+        seeds = augment.split_seed(_seed(i), 2)
+        plain = augment.pretrain_views_of_crops(crops, seeds, 64, xla=False)
+        compiled = augment.pretrain_views_of_crops(crops, seeds, 64, xla=True)
+        for a, b in zip(plain, compiled):
+            np.testing.assert_allclose(a, b, atol=5e-6)
+        flipped.append(augment.flip_draw(augment.split_seed(seeds[0], 4)[1]).numpy())
+    assert 0 < np.mean(flipped) < 1  # both branches were exercised
 
 
 def test_views_shapes_ranges_and_determinism():

@@ -1,4 +1,5 @@
 """Sources (folders with bad files, built-in, tfds), subsets, sharding, pipelines."""
+import dataclasses
 import io
 import logging
 import os
@@ -217,6 +218,16 @@ def test_tfds_source_reads_a_prepared_dataset(monkeypatch):
         assert len(source) == 12 and source.num_classes == 10
         batch = next(iter(build_dataset(source, "finetune", 4, 16)))
         assert batch["image"].shape == (4, 16, 16, 3)  # grey converted to RGB
+        # Training reads the stored files undecoded (crops decode what they
+        # use) and gets the views of the decoded images.
+        assert source.has_encoded
+        assert next(iter(source.encoded_dataset()))["encoded"].dtype == tf.string
+        decoded = dataclasses.replace(source, _make_encoded=None)
+        for mode in ("pretrain", "finetune"):
+            a = next(iter(build_dataset(source, mode, 4, 16, seed=1, shuffle_buffer=1)))
+            b = next(iter(build_dataset(decoded, mode, 4, 16, seed=1, shuffle_buffer=1)))
+            for key in a:
+                np.testing.assert_allclose(a[key], b[key], atol=1e-6, err_msg=key)
         subset = labelled_subset(source, ids_file=None, fraction=1.0)
         assert len(subset) == 12
     with pytest.raises(DataError, match="unknown"):

@@ -90,8 +90,6 @@ class DataConfig:
     color_jitter_strength: float = setting(1.0,
         "Colour jitter strength s (1.0 ImageNet, 0.5 CIFAR).")
     use_blur: bool = setting(True, "Gaussian blur in pretraining views.")
-    # Smallest crop area fraction of the random resized crop (paper: 0.08),
-    # and the horizontal flip (paper: on), for pretraining and fine-tuning.
     crop_area_min: float = setting(0.08,
         "Smallest area fraction of the random resized crop (paper 0.08; larger for small "
         "images such as digits).")
@@ -99,6 +97,8 @@ class DataConfig:
         "Random horizontal flip in pretraining and fine-tuning views (off for "
         "orientation-sensitive images such as digits).")
     cache: bool = setting(False, "Cache decoded images in memory.")
+    xla_augment: bool = setting(True, "XLA-compile the colour distortion of pretraining "
+        "views of 128 px or more (same views to float32 round-off, ~8% less CPU at 224 px).")
     shuffle_buffer: int = setting(10000,
         "Shuffle buffer for sequential sources (tfds); folders and built-in data shuffle "
         "fully.")

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf2.configs.schema import DataConfig
-from simclr_tf2.data import augment
+from simclr_tf2.data import augment, decode
 from simclr_tf2.data.sources import DataError, Source
 
 PIPELINE_MODES = ("pretrain", "finetune", "eval")
@@ -77,7 +77,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                   input_context: Optional[tf.distribute.InputContext] = None,
                   start_step: int = 0,
                   extras: Optional[Dict[str, np.ndarray]] = None,
-                  drop_remainder: Optional[bool] = None) -> tf.data.Dataset:
+                  drop_remainder: Optional[bool] = None,
+                  xla_augment: bool = True) -> tf.data.Dataset:
     """Batches of `batch_size` (per replica when `input_context` is given, in
     which case `batch_size` is the global batch) for `mode`.
 
@@ -90,6 +91,10 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     `extras` {name: array with one row per source example} adds that row to
     each element (e.g. precomputed teacher logits). Training batches are full
     (drop_remainder) unless drop_remainder=False.
+    Training crops of sources that store image files (folders, tfds) decode
+    only the region they use (decode.py; same pixels); `xla_augment`
+    compiles the colour arithmetic of pretraining views of at least
+    augment.XLA_MIN_SIZE px (same views to float32 round-off, less CPU).
     """
     if mode not in PIPELINE_MODES:
         raise DataError(f"mode must be one of {list(PIPELINE_MODES)}. Received: {mode!r}")
@@ -106,7 +111,11 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                         f"{local_batch}: lower the batch size")
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     base = tf.constant(seed * 1_000_003 + pipeline_id, tf.int64)
-    view = _view_fn(mode, image_size, color_strength, blur, crop_area_min, flip)
+    encoded = training and not cache and (
+        source.load_encoded is not None if source.load is not None else source.has_encoded)
+    xla = xla_augment and image_size >= augment.XLA_MIN_SIZE
+    view = _view_fn(mode, image_size, color_strength, blur, crop_area_min, flip, xla,
+                    encoded)
     replicas_here = 1
     if input_context is not None:
         replicas_here = max(input_context.num_replicas_in_sync
@@ -127,13 +136,16 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
             ds = ds.repeat()
         ds = ds.enumerate().skip(skip)
 
+        load = source.load_encoded if encoded else source.load
+
         def transform(counter, index):
-            out = view(source.load(index), tf.stack([base, counter]))
+            out = view(load(index), tf.stack([base, counter]))
             out.update(label=tf.gather(labels, index), index=index)
             out.update({k: tf.gather(v, index) for k, v in extra_tensors.items()})
             return out
     else:
-        ds = source.dataset(indices)
+        ds = source.encoded_dataset(indices) if encoded else source.dataset(indices)
+        key = "encoded" if encoded else "image"
         if cache:
             ds = ds.cache()
         if training:
@@ -144,7 +156,7 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
         ds = ds.enumerate().skip(skip)  # resuming reads the skipped examples
 
         def transform(counter, example):
-            out = view(example["image"], tf.stack([base, counter]))
+            out = view(example[key], tf.stack([base, counter]))
             # Labels from source.labels, which may mask some (-1): distillation.
             out.update(label=tf.gather(labels, example["index"]), index=example["index"])
             out.update({k: tf.gather(v, example["index"]) for k, v in extra_tensors.items()})
@@ -165,21 +177,32 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
 
 
 def _view_fn(mode: str, image_size: int, color_strength: float, blur: bool,
-             crop_area_min: float, flip: bool
+             crop_area_min: float, flip: bool, xla: bool = False, encoded: bool = False
              ) -> Callable[[tf.Tensor, tf.Tensor], dict]:
+    """(image or encoded file, seed) -> the element's views."""
+    def crops(image, seed_list, window_fn):
+        """[k, image_size, image_size, 3]: the crop of each seed's window."""
+        def sample_windows(shape):
+            return tf.stack([window_fn(shape, s, crop_area_min) for s in seed_list])
+        if encoded:
+            return decode.decode_crops(image, sample_windows, image_size)
+        windows = sample_windows(tf.shape(image))
+        return tf.stack([augment.crop_and_resize(image, windows[i], image_size)
+                         for i in range(len(seed_list))])
+
     if mode == "pretrain":
         def views(image, seed):
-            first, second = augment.split_seed(seed, 2)
-            return {"view1": augment.pretrain_view(image, first, image_size,
-                                                   color_strength, blur,
-                                                   crop_area_min, flip),
-                    "view2": augment.pretrain_view(image, second, image_size,
-                                                   color_strength, blur,
-                                                   crop_area_min, flip)}
+            seeds = augment.split_seed(seed, 2)
+            pair = augment.pretrain_views_of_crops(
+                tf.unstack(crops(image, seeds, augment.pretrain_window)), seeds,
+                image_size, color_strength, blur, flip, xla)
+            return {"view1": pair[0], "view2": pair[1]}
         return views
     if mode == "finetune":
-        return lambda image, seed: {"image": augment.finetune_view(
-            image, seed, image_size, crop_area_min, flip)}
+        def finetune(image, seed):
+            crop = crops(image, [seed], augment.finetune_window)[0]
+            return {"image": augment.finetune_view_of_crop(crop, seed, image_size, flip)}
+        return finetune
     crop = augment.use_eval_crop(image_size)
     return lambda image, seed: {"image": augment.eval_view(image, image_size, crop)}
 
@@ -198,7 +221,7 @@ def build_from_config(config: DataConfig, source: Source, mode: str, batch_size:
                          shuffle_buffer=config.shuffle_buffer, cache=config.cache,
                          repeat=repeat, input_context=input_context,
                          start_step=start_step, extras=extras,
-                         drop_remainder=drop_remainder)
+                         drop_remainder=drop_remainder, xla_augment=config.xla_augment)
 
 
 def feature_dataset(features: np.ndarray, labels: np.ndarray, indices: np.ndarray,

@@ -44,6 +44,12 @@ class Source:
     # can read any example cheaply (built-in arrays, folders). Pipelines then
     # shuffle indices, not decoded images, and resume by skipping indices.
     load: Optional[Callable[[tf.Tensor], tf.Tensor]] = None
+    # The encoded file (string scalar) of an example, for sources that store
+    # files (folders): random crops then decode only what they use (decode.py).
+    load_encoded: Optional[Callable[[tf.Tensor], tf.Tensor]] = None
+    # Sequential sources that store encoded images (tfds): like `_make`, with
+    # 'encoded' (string scalar) in place of 'image'.
+    _make_encoded: Optional[Callable[[np.ndarray], tf.data.Dataset]] = None
 
     def __len__(self):
         return len(self.ids)
@@ -53,6 +59,19 @@ class Source:
         if indices is None:
             indices = np.arange(len(self))
         return self._make(np.asarray(indices, np.int64))
+
+    @property
+    def has_encoded(self) -> bool:
+        """Whether `encoded_dataset` can give the encoded files."""
+        return self._make_encoded is not None
+
+    def encoded_dataset(self, indices: Optional[np.ndarray] = None) -> tf.data.Dataset:
+        """Like `dataset`, with the encoded image file under 'encoded'."""
+        if self._make_encoded is None:
+            raise ValueError(f"source {self.name!r} does not store encoded images")
+        if indices is None:
+            indices = np.arange(len(self))
+        return self._make_encoded(np.asarray(indices, np.int64))
 
 
 # ---------------------------------------------------------------- built in
@@ -189,7 +208,8 @@ def folder_source(root: str, split: str, labelled: bool, verify: bool = True) ->
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     return Source("folder", split, np.asarray(paths), label_array, len(classes),
-                  classes, make, load=lambda i: decode_image_file(tf.gather(full, i)))
+                  classes, make, load=lambda i: decode_image_file(tf.gather(full, i)),
+                  load_encoded=lambda i: tf.io.read_file(tf.gather(full, i)))
 
 
 # -------------------------------------------------------------------- tfds
@@ -229,27 +249,47 @@ def tfds_source(name: str, split: str, data_dir: Optional[str],
         ids.append(example_id.decode() if isinstance(example_id, bytes) else str(example_id))
         labels.append(int(label))
 
-    def make(indices):
+    def numbered(indices, dataset):
         wanted = np.zeros(len(ids), bool)
         wanted[indices] = True
         keep = tf.constant(wanted)
-        numbered = raw.enumerate()
+        dataset = dataset.enumerate()
         if not wanted.all():
-            numbered = numbered.filter(lambda i, x: tf.gather(keep, i))
+            dataset = dataset.filter(lambda i, x: tf.gather(keep, i))
+        return dataset
 
+    def label_of(x):
+        return (tf.cast(x["label"], tf.int64) if label_feature is not None
+                else tf.constant(-1, tf.int64))
+
+    def make(indices):
         def convert(i, x):
             image = tf.image.convert_image_dtype(x["image"], tf.float32)
             if image.shape[-1] == 1:
                 image = tf.image.grayscale_to_rgb(image)
-            label = (tf.cast(x["label"], tf.int64) if label_feature is not None
-                     else tf.constant(-1, tf.int64))
-            return {"image": image[..., :3], "label": label, "index": i}
-        return numbered.map(convert, num_parallel_calls=tf.data.AUTOTUNE,
-                            deterministic=True)
+            return {"image": image[..., :3], "label": label_of(x), "index": i}
+        return numbered(indices, raw).map(convert, num_parallel_calls=tf.data.AUTOTUNE,
+                                          deterministic=True)
+
+    make_encoded = None
+    image_feature = info.features["image"] if "image" in info.features else None
+    if (isinstance(image_feature, tfds.features.Image)
+            and image_feature.np_dtype == np.uint8):
+        # tfds stores images as PNG or JPEG files: read them undecoded, so
+        # training crops decode only what they use (decode.py).
+        encoded = builder.as_dataset(
+            split=split, shuffle_files=False,
+            read_config=tfds.ReadConfig(add_tfds_id=True),
+            decoders={"image": tfds.decode.SkipDecoding()})
+
+        def make_encoded(indices):
+            return numbered(indices, encoded).map(
+                lambda i, x: {"encoded": x["image"], "label": label_of(x), "index": i},
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     names = list(label_feature.names) if label_feature is not None else []
     return Source(name, split, np.asarray(ids), np.asarray(labels, np.int64),
-                  num_classes, names, make)
+                  num_classes, names, make, _make_encoded=make_encoded)
 
 
 def make_source(config: DataConfig, split: str, labelled: bool = True) -> Source:
