@@ -1,60 +1,88 @@
-"""Input pipeline throughput: two-view SimCLR augmentation, images/s.
+"""Input pipeline: CPU time and throughput of two-view SimCLR augmentation.
 
-    python bench/input_pipeline.py [--images 256] [--seconds 20]
+    python bench/input_pipeline.py [--images 128] [--seconds 20]
+                                   [--baseline REV --rounds 2]
 
-Prints JSON. Cases: 224 px views from 256x256 JPEG files in an image folder
-(decode included, as when training from a folder of ImageNet-like files), and
-32 px views from the built-in digits arrays. Each case runs the library's
-pipeline (`build_dataset`, parallel deterministic map + prefetch) and, in the
-same run, a naive pipeline: the same per-image augmentation functions in a
-plain one-image-at-a-time `map` with no parallelism or prefetch. Reported:
-images/s (one image = both views), the ratio library / naive, and for each
-pipeline the CPU time per image and the cores it kept busy (process CPU time
-over wall time, every thread): speedup = (naive CPU per image / library CPU
-per image) x (library cores busy / naive cores busy), so the JSON shows
-whether a change saved work or only spread it over more cores.
+Prints JSON. One image = both pretraining views. Cases: 224 px views from
+500x375 JPEG files (the typical size of an ImageNet photo) and from 256x256
+JPEG files in an image folder (decode included, as when training from a
+folder of ImageNet-like files); the files are crops of real photos
+(write_jpegs), and 32 px views from the built-in digits.
+
+Each case runs the library's pipeline (`build_dataset`: parallel
+deterministic map + prefetch) and a naive pipeline: the per-image
+augmentation functions with their defaults in a plain one-image-at-a-time
+`map` on whole decoded images, no parallelism or prefetch. Reported for each:
+images/s, CPU ms per image (process CPU time, every thread, per image) and
+cores busy (CPU time over wall time). CPU per image is what decides how many
+host cores one accelerator needs.
+
+`--baseline REV` also measures the library pipeline of git revision REV
+(checked out in a temporary worktree) in the same run: child processes
+alternate, REV then this checkout, `--rounds` times, each measuring every
+case, so a slow spell of the shared machine hits both. Reported per case: the
+medians and `cpu_vs_baseline`, the median of the per-round ratios of CPU ms
+per image (this checkout / REV; below 1 is less CPU).
 """
 import argparse
 import json
 import os
 import platform
+import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
+import numpy as np
 
-import numpy as np  # noqa: E402
-import simclr_tf2  # noqa: E402,F401  (before TensorFlow: quiet start-up, oneDNN)
-import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+# (name, JPEG size (width, height) or None for the built-in digits, view side,
+# colour strength, blur, batch)
+CASES = [("224px_from_500x375_jpeg", (500, 375), 224, 1.0, True, 32),
+         ("224px_from_256px_jpeg", (256, 256), 224, 1.0, True, 32),
+         ("32px_digits", None, 32, 0.5, False, 128)]
 
-from simclr_tf2.data import augment, build_dataset, builtin_source, folder_source  # noqa: E402
 
-
-def _write_jpegs(folder, count, size=256):
+def write_jpegs(folder, count, size):
+    """`count` JPEG files of `size` (width, height) under folder/class0: random
+    crops (scaled 1-1.5x, some mirrored) of the two 640x427 photos shipped with
+    scikit-learn, so that they compress and decode like photos; quality 90
+    with PIL's default 4:2:0 chroma subsampling, as most photos."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+    photos = [Image.fromarray(p) for p in load_sample_images().images]
     rng = np.random.default_rng(0)
+    width, height = size
     os.makedirs(os.path.join(folder, "class0"), exist_ok=True)
-    # Smooth random images compress like photos rather than like noise.
     for i in range(count):
-        small = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
-        image = Image.fromarray(small).resize((size, size), Image.BICUBIC)
+        photo = photos[i % len(photos)]
+        scale = rng.uniform(1.0, 1.5) * max(1.0, width / photo.width, height / photo.height)
+        image = photo.resize((round(photo.width * scale), round(photo.height * scale)),
+                             Image.BICUBIC)
+        left = rng.integers(0, image.width - width + 1)
+        top = rng.integers(0, image.height - height + 1)
+        image = image.crop((left, top, left + width, top + height))
+        if rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
         image.save(os.path.join(folder, "class0", f"{i:05d}.jpg"), quality=90)
 
 
-def _naive(source, size, strength, blur, batch):
-    """One image at a time, no parallel calls, no prefetch."""
-    def two_views(counter, example):
+def _naive(tf, augment, source, folder, size, strength, blur, batch):
+    """One image at a time, no parallel calls, no prefetch: whole decode."""
+    def two_views(counter, image):
         first, second = augment.split_seed(tf.stack([tf.constant(0, tf.int64), counter]), 2)
-        return {"view1": augment.pretrain_view(example["image"], first, size, strength, blur),
-                "view2": augment.pretrain_view(example["image"], second, size, strength, blur)}
-    ds = source.dataset()
-    # The folder source decodes with a parallel map; the naive baseline decodes
-    # serially as well.
-    if source.name == "folder":
-        paths = tf.constant([os.path.join(source.root, p) for p in source.ids])
+        return {"view1": augment.pretrain_view(image, first, size, strength, blur),
+                "view2": augment.pretrain_view(image, second, size, strength, blur)}
+    if folder is None:
+        ds = source.dataset().map(lambda example: example["image"])
+    else:
+        paths = tf.constant([os.path.join(folder, p) for p in source.ids])
         ds = tf.data.Dataset.from_tensor_slices(paths).map(
-            lambda p: {"image": tf.io.decode_image(tf.io.read_file(p), channels=3,
-                                                   dtype=tf.float32,
-                                                   expand_animations=False)})
+            lambda p: tf.io.decode_image(tf.io.read_file(p), channels=3,
+                                         dtype=tf.float32, expand_animations=False))
     options = tf.data.Options()
     options.autotune.enabled = False
     options.experimental_optimization.map_parallelization = False
@@ -65,7 +93,8 @@ def _rate(dataset, batch, seconds):
     """(images/s, CPU ms per image, cores busy): process CPU time (every
     thread) over wall time while reading batches for `seconds`."""
     iterator = iter(dataset)
-    next(iterator)  # warm-up: tracing, first files
+    for _ in range(2):  # warm-up: tracing, compiling, first files
+        next(iterator)
     count, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         next(iterator)
@@ -74,35 +103,122 @@ def _rate(dataset, batch, seconds):
     return count / wall, 1000 * cpu / count, cpu / wall
 
 
+def measure(folders, seconds, naive):
+    """Every case with the simclr_tf2 on sys.path: a list of dicts."""
+    import simclr_tf2  # noqa: F401  (before TensorFlow: quiet start-up, oneDNN)
+    import tensorflow as tf
+    from simclr_tf2.data import augment, build_dataset, builtin_source, folder_source
+    rows = []
+    for name, jpeg_size, size, strength, blur, batch in CASES:
+        folder = folders.get(name)
+        if folder is None:
+            source = builtin_source("digits", "train", size)
+        else:
+            source = folder_source(folder, "train", labelled=False, verify=False)
+        library = build_dataset(source, "pretrain", batch, size, color_strength=strength,
+                                blur=blur, shuffle_buffer=1000)
+        rate, cpu, cores = _rate(library, batch, seconds)
+        row = {"case": name, "batch": batch, "blur": blur,
+               "library_images_per_s": round(rate, 1),
+               "library_cpu_ms_per_image": round(cpu, 3),
+               "library_cores_busy": round(cores, 2)}
+        if naive:
+            rate, cpu, cores = _rate(_naive(tf, augment, source, folder, size, strength,
+                                            blur, batch), batch, seconds)
+            row.update({"naive_images_per_s": round(rate, 1),
+                        "naive_cpu_ms_per_image": round(cpu, 3),
+                        "naive_cores_busy": round(cores, 2),
+                        "speedup_vs_naive": round(row["library_images_per_s"] / rate, 2)})
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
+
+
+def _child(code_root, folders, seconds, naive):
+    """measure() in a fresh process that imports simclr_tf2 from code_root."""
+    env = dict(os.environ, PYTHONPATH=code_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    command = [sys.executable, os.path.abspath(__file__), "--_child", json.dumps(folders),
+               "--seconds", str(seconds)] + (["--_naive"] if naive else [])
+    done = subprocess.run(command, env=env, cwd=code_root, stdout=subprocess.PIPE, check=True,
+                          text=True)
+    return json.loads(done.stdout)
+
+
+def _worktree(revision, parent):
+    path = os.path.join(parent, "baseline")
+    subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", path, revision],
+                   check=True, capture_output=True)
+    return path
+
+
+def compare(baseline_rows, current_rows):
+    """Per case: medians over rounds of both, and the median per-round ratio
+    of CPU ms per image (current / baseline)."""
+    report = []
+    for i, (name, *_rest) in enumerate(CASES):
+        before = [rows[i] for rows in baseline_rows]
+        after = [rows[i] for rows in current_rows]
+        ratios = [a["library_cpu_ms_per_image"] / b["library_cpu_ms_per_image"]
+                  for a, b in zip(after, before)]
+        row = {"case": name}
+        for label, runs in (("baseline", before), ("library", after)):
+            for key in ("images_per_s", "cpu_ms_per_image", "cores_busy"):
+                row[f"{label}_{key}"] = round(statistics.median(
+                    r[f"library_{key}"] for r in runs), 3)
+        row["cpu_vs_baseline"] = round(statistics.median(ratios), 3)
+        row["cpu_vs_baseline_per_round"] = [round(r, 3) for r in ratios]
+        for key in ("naive_images_per_s", "naive_cpu_ms_per_image", "naive_cores_busy",
+                    "speedup_vs_naive"):
+            if key in after[0]:
+                row[key] = after[0][key]
+        report.append(row)
+    return report
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=256, help="JPEG files to write")
+    parser.add_argument("--images", type=int, default=128, help="JPEG files per case")
     parser.add_argument("--seconds", type=float, default=20.0, help="per measurement")
+    parser.add_argument("--baseline", help="git revision to measure in the same run")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="with --baseline: measurements of each, alternating")
+    parser.add_argument("--_child", help=argparse.SUPPRESS)
+    parser.add_argument("--_naive", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._child:
+        print(json.dumps(measure(json.loads(args._child), args.seconds, args._naive)))
+        return
+    import tensorflow as tf
     results = {"machine": platform.processor() or platform.machine(),
-               "cpus": os.cpu_count(), "tensorflow": tf.__version__, "cases": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        _write_jpegs(tmp, args.images)
-        folder = folder_source(tmp, "train", labelled=False, verify=False)
-        folder.root = tmp
-        cases = [("224px_from_256px_jpeg", folder, 224, 1.0, True, 32),
-                 ("32px_digits", builtin_source("digits", "train", 32), 32, 0.5, False, 128)]
-        for name, source, size, strength, blur, batch in cases:
-            library = build_dataset(source, "pretrain", batch, size, color_strength=strength,
-                                    blur=blur, shuffle_buffer=1000)
-            naive = _naive(source, size, strength, blur, batch)
-            fast, fast_cpu, fast_cores = _rate(library, batch, args.seconds)
-            slow, slow_cpu, slow_cores = _rate(naive, batch, args.seconds)
-            results["cases"].append({
-                "case": name, "batch": batch, "blur": blur,
-                "library_images_per_s": round(fast, 1),
-                "naive_images_per_s": round(slow, 1),
-                "speedup_vs_naive": round(fast / slow, 2),
-                "library_cpu_ms_per_image": round(fast_cpu, 3),
-                "naive_cpu_ms_per_image": round(slow_cpu, 3),
-                "library_cores_busy": round(fast_cores, 2),
-                "naive_cores_busy": round(slow_cores, 2)})
-            print(json.dumps(results["cases"][-1]), flush=True)
+               "cpus": os.cpu_count(), "tensorflow": tf.__version__,
+               "command": " ".join(["bench/input_pipeline.py"] + sys.argv[1:])}
+    tmp = tempfile.mkdtemp()
+    try:
+        folders = {}
+        for name, jpeg_size, *_rest in CASES:
+            if jpeg_size is not None:
+                folders[name] = os.path.join(tmp, name)
+                write_jpegs(folders[name], args.images, jpeg_size)
+        if args.baseline:
+            results["baseline"] = subprocess.run(
+                ["git", "-C", ROOT, "rev-parse", "--short", args.baseline], check=True,
+                capture_output=True, text=True).stdout.strip()
+            results["current"] = subprocess.run(
+                ["git", "-C", ROOT, "describe", "--always", "--dirty"], check=True,
+                capture_output=True, text=True).stdout.strip()
+            baseline_root = _worktree(args.baseline, tmp)
+            before, after = [], []
+            for round_ in range(args.rounds):
+                before.append(_child(baseline_root, folders, args.seconds, False))
+                after.append(_child(ROOT, folders, args.seconds, round_ == 0))
+            results["cases"] = compare(before, after)
+        else:
+            results["cases"] = _child(ROOT, folders, args.seconds, True)
+    finally:
+        if args.baseline and os.path.isdir(os.path.join(tmp, "baseline")):
+            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force",
+                            os.path.join(tmp, "baseline")], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(results, indent=2))
 
 

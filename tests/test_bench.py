@@ -300,21 +300,32 @@ def test_one_real_stage_trains_on_its_labelled_subset(tmp_path):
 
 
 @pytest.mark.slow
-def test_input_pipeline_benchmark_reports_both_pipelines_and_their_cpu_use():
+def test_input_pipeline_benchmark_compares_with_a_baseline_revision_in_one_run():
+    """bench/input_pipeline.py --baseline: both revisions measured, the ratios
+    are those of its own rows, and the temporary worktree is removed."""
     result = subprocess.run([sys.executable, os.path.join(BENCH, "input_pipeline.py"),
-                             "--images", "32", "--seconds", "0.5"],
+                             "--images", "32", "--seconds", "0.5", "--baseline", "HEAD",
+                             "--rounds", "1"],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout[result.stdout.index("{\n"):])
-    assert [case["case"] for case in report["cases"]] == ["224px_from_256px_jpeg",
-                                                          "32px_digits"]
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert report["baseline"] == head
+    assert [case["case"] for case in report["cases"]] == [
+        "224px_from_500x375_jpeg", "224px_from_256px_jpeg", "32px_digits"]
     for case in report["cases"]:
-        for key in ("library_images_per_s", "naive_images_per_s",
+        for key in ("library_images_per_s", "naive_images_per_s", "baseline_images_per_s",
                     "library_cpu_ms_per_image", "naive_cpu_ms_per_image",
-                    "library_cores_busy", "naive_cores_busy"):
+                    "baseline_cpu_ms_per_image", "library_cores_busy", "naive_cores_busy"):
             assert case[key] > 0, key
         assert case["speedup_vs_naive"] == pytest.approx(
             case["library_images_per_s"] / case["naive_images_per_s"], rel=0.02)
+        assert case["cpu_vs_baseline"] == pytest.approx(
+            case["library_cpu_ms_per_image"] / case["baseline_cpu_ms_per_image"], rel=0.01)
+    worktrees = subprocess.run(["git", "-C", ROOT, "worktree", "list"], capture_output=True,
+                               text=True, check=True).stdout
+    assert "baseline" not in worktrees
 
 
 def test_train_step_benchmark_times_backbone_and_both_batch_norms(capsys, monkeypatch):
