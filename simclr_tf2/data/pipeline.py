@@ -181,21 +181,19 @@ def _view_fn(mode: str, image_size: int, color_strength: float, blur: bool,
              ) -> Callable[[tf.Tensor, tf.Tensor], dict]:
     """(image or encoded file, seed) -> the element's views."""
     def crops(image, seed_list, window_fn):
-        """[k, image_size, image_size, 3]: the crop of each seed's window."""
-        def sample_windows(shape):
-            return tf.stack([window_fn(shape, s, crop_area_min) for s in seed_list])
+        """The crop of each seed's window, resized to image_size."""
         if encoded:
-            return decode.decode_crops(image, sample_windows, image_size)
-        windows = sample_windows(tf.shape(image))
-        return tf.stack([augment.crop_and_resize(image, windows[i], image_size)
-                         for i in range(len(seed_list))])
+            return tf.unstack(decode.decode_crops(image, lambda shape: tf.stack(
+                [window_fn(shape, s, crop_area_min) for s in seed_list]), image_size))
+        return [augment.crop_and_resize(image, window_fn(tf.shape(image), s, crop_area_min),
+                                        image_size) for s in seed_list]
 
     if mode == "pretrain":
         def views(image, seed):
             seeds = augment.split_seed(seed, 2)
             pair = augment.pretrain_views_of_crops(
-                tf.unstack(crops(image, seeds, augment.pretrain_window)), seeds,
-                image_size, color_strength, blur, flip, xla)
+                crops(image, seeds, augment.pretrain_window), seeds, image_size,
+                color_strength, blur, flip, xla)
             return {"view1": pair[0], "view2": pair[1]}
         return views
     if mode == "finetune":
