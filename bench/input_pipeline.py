@@ -4,10 +4,9 @@
                                    [--baseline REV --rounds 2]
 
 Prints JSON. One image = both pretraining views. Cases: 224 px views from
-500x375 JPEG files (the typical size of an ImageNet photo) and from 256x256
-JPEG files in an image folder (decode included, as when training from a
-folder of ImageNet-like files); the files are crops of real photos
-(write_jpegs), and 32 px views from the built-in digits.
+JPEG files in an image folder, decode included: 500x375 (the typical size of
+an ImageNet photo), 256x256 and 1000x750 (larger photos); the files are
+crops of real photos (write_jpegs). And 32 px views from the built-in digits.
 
 Each case runs the library's pipeline (`build_dataset`: parallel
 deterministic map + prefetch) and a naive pipeline: the per-image
@@ -15,7 +14,10 @@ augmentation functions with their defaults in a plain one-image-at-a-time
 `map` on whole decoded images, no parallelism or prefetch. Reported for each:
 images/s, CPU ms per image (process CPU time, every thread, per image) and
 cores busy (CPU time over wall time). CPU per image is what decides how many
-host cores one accelerator needs.
+host cores one accelerator needs. For the JPEG cases this checkout's
+library pipeline is also measured decoding each whole image before
+cropping (`pretrain_whole_decode_cpu_ms_per_image`) and in fine-tuning mode
+(one view: crop and flip) both ways (`finetune_...`).
 
 `--baseline REV` also measures the library pipeline of git revision REV
 (checked out in a temporary worktree) in the same run: child processes
@@ -25,6 +27,7 @@ medians and `cpu_vs_baseline`, the median of the per-round ratios of CPU ms
 per image (this checkout / REV; below 1 is less CPU).
 """
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -43,6 +46,7 @@ ROOT = os.path.dirname(HERE)
 # colour strength, blur, batch)
 CASES = [("224px_from_500x375_jpeg", (500, 375), 224, 1.0, True, 32),
          ("224px_from_256px_jpeg", (256, 256), 224, 1.0, True, 32),
+         ("224px_from_1000x750_jpeg", (1000, 750), 224, 1.0, True, 32),
          ("32px_digits", None, 32, 0.5, False, 128)]
 
 
@@ -129,9 +133,27 @@ def measure(folders, seconds, naive):
                         "naive_cpu_ms_per_image": round(cpu, 3),
                         "naive_cores_busy": round(cores, 2),
                         "speedup_vs_naive": round(row["library_images_per_s"] / rate, 2)})
+            if folder is not None:
+                row.update(_file_path_rows(build_dataset, source, size, strength, blur,
+                                           batch, seconds))
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows
+
+
+def _file_path_rows(build_dataset, source, size, strength, blur, batch, seconds):
+    """CPU ms per image of the library pipeline reading the files undecoded
+    (crops decode their region) against decoding each whole image first,
+    pretraining (two views) and fine-tuning (one view)."""
+    whole = dataclasses.replace(source, load_encoded=None)
+    row = {}
+    for label, mode, src in (("pretrain_whole_decode", "pretrain", whole),
+                             ("finetune", "finetune", source),
+                             ("finetune_whole_decode", "finetune", whole)):
+        dataset = build_dataset(src, mode, batch, size, color_strength=strength, blur=blur,
+                                shuffle_buffer=1000)
+        row[f"{label}_cpu_ms_per_image"] = round(_rate(dataset, batch, seconds)[1], 3)
+    return row
 
 
 def _child(code_root, folders, seconds, naive):
@@ -167,10 +189,9 @@ def compare(baseline_rows, current_rows):
                     r[f"library_{key}"] for r in runs), 3)
         row["cpu_vs_baseline"] = round(statistics.median(ratios), 3)
         row["cpu_vs_baseline_per_round"] = [round(r, 3) for r in ratios]
-        for key in ("naive_images_per_s", "naive_cpu_ms_per_image", "naive_cores_busy",
-                    "speedup_vs_naive"):
-            if key in after[0]:
-                row[key] = after[0][key]
+        for key, value in after[0].items():  # measured once: naive, file path
+            if key.startswith(("naive_", "speedup_", "pretrain_", "finetune")):
+                row[key] = value
         report.append(row)
     return report
 

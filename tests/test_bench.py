@@ -313,7 +313,8 @@ def test_input_pipeline_benchmark_compares_with_a_baseline_revision_in_one_run()
                           capture_output=True, text=True, check=True).stdout.strip()
     assert report["baseline"] == head
     assert [case["case"] for case in report["cases"]] == [
-        "224px_from_500x375_jpeg", "224px_from_256px_jpeg", "32px_digits"]
+        "224px_from_500x375_jpeg", "224px_from_256px_jpeg", "224px_from_1000x750_jpeg",
+        "32px_digits"]
     for case in report["cases"]:
         for key in ("library_images_per_s", "naive_images_per_s", "baseline_images_per_s",
                     "library_cpu_ms_per_image", "naive_cpu_ms_per_image",
@@ -323,6 +324,9 @@ def test_input_pipeline_benchmark_compares_with_a_baseline_revision_in_one_run()
             case["library_images_per_s"] / case["naive_images_per_s"], rel=0.02)
         assert case["cpu_vs_baseline"] == pytest.approx(
             case["library_cpu_ms_per_image"] / case["baseline_cpu_ms_per_image"], rel=0.01)
+        if case["case"].endswith("jpeg"):  # the file path against whole decodes
+            for key in ("pretrain_whole_decode", "finetune", "finetune_whole_decode"):
+                assert case[f"{key}_cpu_ms_per_image"] > 0, key
     worktrees = subprocess.run(["git", "-C", ROOT, "worktree", "list"], capture_output=True,
                                text=True, check=True).stdout
     assert "baseline" not in worktrees
