@@ -89,19 +89,24 @@ def test_a_region_decoded_without_the_margin_would_differ():
 
 
 @pytest.mark.parametrize("kind", ["420", "grey", "png"])
-def test_decode_crops_equals_cropping_the_whole_decoded_image(kind):
+@pytest.mark.parametrize("windows", ["pretrain", "small"])
+def test_decode_crops_equals_cropping_the_whole_decoded_image(kind, windows):
+    """Both JPEG branches: a region of at most half the image decoded on its
+    own ("small"), larger ones (random pretraining windows) decoded whole."""
     data = tf.constant(_photo(kind, seed=3))
     whole = tf.io.decode_image(data, channels=3, dtype=tf.float32)
     seeds = augment.split_seed(tf.constant([4, 2], tf.int64), 3)
 
     def sample_windows(shape):
+        if windows == "small":
+            return tf.constant([[10, 20, 30, 40], [50, 60, 25, 20], [0, 0, 9, 9]])
         return tf.stack([augment.pretrain_window(shape, s) for s in seeds])
 
     crops = decode.decode_crops(data, sample_windows, 40).numpy()
     assert crops.shape == (3, 40, 40, 3) and crops.dtype == np.float32
-    windows = sample_windows(tf.shape(whole))
+    drawn = sample_windows(tf.shape(whole))
     for i in range(3):
-        np.testing.assert_allclose(crops[i], augment.crop_and_resize(whole, windows[i], 40),
+        np.testing.assert_allclose(crops[i], augment.crop_and_resize(whole, drawn[i], 40),
                                    atol=1e-6)
 
 
