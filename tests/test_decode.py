@@ -91,8 +91,8 @@ def test_a_region_decoded_without_the_margin_would_differ():
 @pytest.mark.parametrize("kind", ["420", "grey", "png"])
 @pytest.mark.parametrize("windows", ["pretrain", "small"])
 def test_decode_crops_equals_cropping_the_whole_decoded_image(kind, windows):
-    """Both JPEG branches: a region of at most half the image decoded on its
-    own ("small"), larger ones (random pretraining windows) decoded whole."""
+    """Small fixed windows and random pretraining windows (whose region is
+    often most of the image)."""
     data = tf.constant(_photo(kind, seed=3))
     whole = tf.io.decode_image(data, channels=3, dtype=tf.float32)
     seeds = augment.split_seed(tf.constant([4, 2], tf.int64), 3)

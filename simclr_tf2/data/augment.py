@@ -60,13 +60,16 @@ def resize(image: tf.Tensor, size: int) -> tf.Tensor:
 
 def crop_and_resize(image: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tensor:
     """The [offset_y, offset_x, height, width] window of image, bicubic-resized
-    to size x size, float32 in [0, 1]. A uint8 image (a decoded file) has
-    only the crop converted to float: the same view as from the converted
-    image."""
+    to size x size, float32 in [0, 1]. A uint8 image (a decoded file) is
+    resized as it is and scaled after: the same view to float32 round-off,
+    without converting the whole image first."""
     window = tf.cast(window, tf.int32)
     crop = tf.slice(image, tf.stack([window[0], window[1], 0]),
                     tf.stack([window[2], window[3], -1]))
-    return resize(tf.image.convert_image_dtype(crop, tf.float32), size)
+    if image.dtype == tf.uint8:
+        crop = tf.image.resize(crop, [size, size], method="bicubic") * (1.0 / 255.0)
+        return tf.clip_by_value(crop, 0.0, 1.0)
+    return resize(crop, size)
 
 
 def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, size: int,

@@ -16,11 +16,10 @@ windows inside it then get exactly the pixels of a whole decode (tested for
 
 What it saves: libjpeg still entropy-decodes every row above the region's
 bottom; it skips the inverse DCT, upsampling and colour
-conversion outside the region, and costs a few percent more than a whole
-decode of the same area. Two pretraining windows usually cover most of an
-image, so only regions of at most half the image are decoded on their own
-(measured in bench/input_pipeline.py); only the crops are converted to
-float, not the whole image.
+conversion outside the region. Two pretraining windows usually cover most of
+an image, so the saving is small there (measured in bench/input_pipeline.py);
+the crops are resized from the uint8 region, without a float copy of the
+whole image.
 """
 from typing import Callable, Tuple
 
@@ -68,22 +67,14 @@ def decode_crops(data: tf.Tensor, sample_windows: Callable[[tf.Tensor], tf.Tenso
     windows, k static) draws for the encoded image `data`, cut and resized
     by augment.crop_and_resize, as from the whole decoded image (grey, RGBA,
     palette and 16-bit files converted as `tf.io.decode_image` does). A JPEG
-    is decoded only over the region the windows cover when that region is at
-    most half the image."""
+    is decoded only over the region the windows cover."""
     def crops(image, windows):
         return tf.stack([augment.crop_and_resize(image, windows[i], size)
                          for i in range(windows.shape[0])])
 
     def jpeg():
-        shape = tf.io.extract_jpeg_shape(data)
-        windows = tf.cast(sample_windows(shape), tf.int32)
-        region = covering_region(windows, shape)
-        # A region decode costs a few % more than a whole one of the same
-        # area (bench/input_pipeline.py): only worth it for a small region.
-        small = 2 * region[2] * region[3] <= shape[0] * shape[1]
-        return tf.cond(small, lambda: crops(*decode_jpeg_region(data, windows)),
-                       lambda: crops(tf.image.convert_image_dtype(
-                           tf.io.decode_jpeg(data, channels=3), tf.float32), windows))
+        windows = sample_windows(tf.io.extract_jpeg_shape(data))
+        return crops(*decode_jpeg_region(data, windows))
 
     def other():
         image = tf.io.decode_image(data, channels=3, dtype=tf.float32,
