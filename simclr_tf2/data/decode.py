@@ -27,7 +27,7 @@ from typing import Callable, Tuple
 
 import tensorflow as tf
 
-from simclr_tf2.data import augment
+from simclr_tf2.data import augment, sources
 
 # Alignment and context of the decoded region, in pixels.
 REGION_MARGIN = 16
@@ -67,8 +67,8 @@ def decode_crops(data: tf.Tensor, sample_windows: Callable[[tf.Tensor], tf.Tenso
     """[k, size, size, 3] float32 in [0, 1]: the windows that
     `sample_windows(shape)` ([height, width, channels] int32 -> [k, 4]
     windows, k static) draws for the encoded image `data`, cut and resized
-    by augment.crop_and_resize, as from the whole decoded image (grey, RGBA,
-    palette and 16-bit files converted as `tf.io.decode_image` does). A JPEG
+    by augment.crop_and_resize, as from the whole decoded image
+    (sources.decode_image_data: grey, RGBA, palette, 16-bit). A JPEG
     is decoded only over the region the windows cover."""
     def crops(image, windows):
         return tf.stack([augment.crop_and_resize(image, windows[i], size)
@@ -79,9 +79,7 @@ def decode_crops(data: tf.Tensor, sample_windows: Callable[[tf.Tensor], tf.Tenso
         return crops(*decode_jpeg_region(data, windows))
 
     def other():
-        image = tf.io.decode_image(data, channels=3, dtype=tf.float32,
-                                   expand_animations=False)
-        image = tf.ensure_shape(image, [None, None, 3])
+        image = sources.decode_image_data(data)
         return crops(image, tf.cast(sample_windows(tf.shape(image)), tf.int32))
 
     return tf.cond(tf.io.is_jpeg(data), jpeg, other)

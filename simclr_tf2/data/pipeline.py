@@ -111,8 +111,7 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                         f"{local_batch}: lower the batch size")
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     base = tf.constant(seed * 1_000_003 + pipeline_id, tf.int64)
-    encoded = training and not cache and (
-        source.load_encoded is not None if source.load is not None else source.has_encoded)
+    encoded = training and not cache and source.has_encoded
     xla = xla_augment and image_size >= augment.XLA_MIN_SIZE
     view = _view_fn(mode, image_size, color_strength, blur, crop_area_min, flip, xla,
                     encoded)

@@ -62,7 +62,10 @@ class Source:
 
     @property
     def has_encoded(self) -> bool:
-        """Whether `encoded_dataset` can give the encoded files."""
+        """Whether training can read the examples undecoded: `load_encoded`
+        for sources with random access, `encoded_dataset` for the others."""
+        if self.load is not None:
+            return self.load_encoded is not None
         return self._make_encoded is not None
 
     def encoded_dataset(self, indices: Optional[np.ndarray] = None) -> tf.data.Dataset:
@@ -184,13 +187,18 @@ def scan_image_folder(root: str, labelled: bool, verify: bool = True
     return paths, labels, classes, skipped
 
 
-def decode_image_file(path: tf.Tensor) -> tf.Tensor:
-    """File -> float32 RGB [H, W, 3] in [0, 1]: grey, RGBA, palette and 16-bit
-    images are converted (alpha dropped); animated GIFs give their first frame."""
-    data = tf.io.read_file(path)
+def decode_image_data(data: tf.Tensor) -> tf.Tensor:
+    """Encoded image -> float32 RGB [H, W, 3] in [0, 1]: grey, RGBA, palette
+    and 16-bit images are converted (alpha dropped); animated GIFs give their
+    first frame."""
     image = tf.io.decode_image(data, channels=3, dtype=tf.float32,
                                expand_animations=False)
     return tf.ensure_shape(image, [None, None, 3])
+
+
+def decode_image_file(path: tf.Tensor) -> tf.Tensor:
+    """decode_image_data of the file at `path`."""
+    return decode_image_data(tf.io.read_file(path))
 
 
 def folder_source(root: str, split: str, labelled: bool, verify: bool = True) -> Source:
