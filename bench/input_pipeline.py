@@ -14,10 +14,14 @@ augmentation functions with their defaults in a plain one-image-at-a-time
 `map` on whole decoded images, no parallelism or prefetch. Reported for each:
 images/s, CPU ms per image (process CPU time, every thread, per image) and
 cores busy (CPU time over wall time). CPU per image is what decides how many
-host cores one accelerator needs. For the JPEG cases this checkout's
-library pipeline is also measured decoding each whole image before
-cropping (`pretrain_whole_decode_cpu_ms_per_image`) and in fine-tuning mode
-(one view: crop and flip) both ways (`finetune_...`).
+host cores one accelerator needs. The library pipeline also reports
+`first_batch_s`, the wall time from a new iterator to its first batch
+(tracing, XLA compilation, first files): paid once per process. For the
+JPEG cases this checkout's library pipeline is also measured decoding each
+whole image before cropping (`pretrain_whole_decode_cpu_ms_per_image`) and
+in fine-tuning mode (one view: crop and flip) both ways (`finetune_...`);
+for the 500x375 case, without the XLA-compiled colour call as well
+(`pretrain_no_xla_...`, `--xla_augment=false`).
 
 `--baseline REV` also measures the library pipeline of git revision REV
 (checked out in a temporary worktree) in the same run: child processes
@@ -94,17 +98,21 @@ def _naive(tf, augment, source, folder, size, strength, blur, batch):
 
 
 def _rate(dataset, batch, seconds):
-    """(images/s, CPU ms per image, cores busy): process CPU time (every
-    thread) over wall time while reading batches for `seconds`."""
+    """(images/s, CPU ms per image, cores busy, first batch s): process CPU
+    time (every thread) over wall time while reading batches for `seconds`,
+    after a warm-up of 2 batches; the last is the wall time from creating
+    the iterator to the first batch (tracing, compiling, first files)."""
+    start = time.perf_counter()
     iterator = iter(dataset)
-    for _ in range(2):  # warm-up: tracing, compiling, first files
-        next(iterator)
+    next(iterator)
+    first = time.perf_counter() - start
+    next(iterator)
     count, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         next(iterator)
         count += batch
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    return count / wall, 1000 * cpu / count, cpu / wall
+    return count / wall, 1000 * cpu / count, cpu / wall, first
 
 
 def measure(folders, seconds, naive):
@@ -121,14 +129,15 @@ def measure(folders, seconds, naive):
             source = folder_source(folder, "train", labelled=False, verify=False)
         library = build_dataset(source, "pretrain", batch, size, color_strength=strength,
                                 blur=blur, shuffle_buffer=1000)
-        rate, cpu, cores = _rate(library, batch, seconds)
+        rate, cpu, cores, first = _rate(library, batch, seconds)
         row = {"case": name, "batch": batch, "blur": blur,
                "library_images_per_s": round(rate, 1),
                "library_cpu_ms_per_image": round(cpu, 3),
-               "library_cores_busy": round(cores, 2)}
+               "library_cores_busy": round(cores, 2),
+               "library_first_batch_s": round(first, 2)}
         if naive:
-            rate, cpu, cores = _rate(_naive(tf, augment, source, folder, size, strength,
-                                            blur, batch), batch, seconds)
+            rate, cpu, cores, _ = _rate(_naive(tf, augment, source, folder, size, strength,
+                                               blur, batch), batch, seconds)
             row.update({"naive_images_per_s": round(rate, 1),
                         "naive_cpu_ms_per_image": round(cpu, 3),
                         "naive_cores_busy": round(cores, 2),
@@ -136,6 +145,13 @@ def measure(folders, seconds, naive):
             if folder is not None:
                 row.update(_file_path_rows(build_dataset, source, size, strength, blur,
                                            batch, seconds))
+            if name == CASES[0][0]:  # the headline case without the XLA call
+                plain = build_dataset(source, "pretrain", batch, size,
+                                      color_strength=strength, blur=blur,
+                                      shuffle_buffer=1000, xla_augment=False)
+                _, cpu, _, first = _rate(plain, batch, seconds)
+                row.update({"pretrain_no_xla_cpu_ms_per_image": round(cpu, 3),
+                            "pretrain_no_xla_first_batch_s": round(first, 2)})
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows
@@ -184,7 +200,7 @@ def compare(baseline_rows, current_rows):
                   for a, b in zip(after, before)]
         row = {"case": name}
         for label, runs in (("baseline", before), ("library", after)):
-            for key in ("images_per_s", "cpu_ms_per_image", "cores_busy"):
+            for key in ("images_per_s", "cpu_ms_per_image", "cores_busy", "first_batch_s"):
                 row[f"{label}_{key}"] = round(statistics.median(
                     r[f"library_{key}"] for r in runs), 3)
         row["cpu_vs_baseline"] = round(statistics.median(ratios), 3)

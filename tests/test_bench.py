@@ -318,7 +318,8 @@ def test_input_pipeline_benchmark_compares_with_a_baseline_revision_in_one_run()
     for case in report["cases"]:
         for key in ("library_images_per_s", "naive_images_per_s", "baseline_images_per_s",
                     "library_cpu_ms_per_image", "naive_cpu_ms_per_image",
-                    "baseline_cpu_ms_per_image", "library_cores_busy", "naive_cores_busy"):
+                    "baseline_cpu_ms_per_image", "library_cores_busy", "naive_cores_busy",
+                    "library_first_batch_s", "baseline_first_batch_s"):
             assert case[key] > 0, key
         assert case["speedup_vs_naive"] == pytest.approx(
             case["library_images_per_s"] / case["naive_images_per_s"], rel=0.02)
@@ -327,6 +328,10 @@ def test_input_pipeline_benchmark_compares_with_a_baseline_revision_in_one_run()
         if case["case"].endswith("jpeg"):  # the file path against whole decodes
             for key in ("pretrain_whole_decode", "finetune", "finetune_whole_decode"):
                 assert case[f"{key}_cpu_ms_per_image"] > 0, key
+    headline = report["cases"][0]  # also measured without the XLA colour call
+    assert headline["pretrain_no_xla_cpu_ms_per_image"] > 0
+    assert headline["pretrain_no_xla_first_batch_s"] > 0
+    assert "pretrain_no_xla_cpu_ms_per_image" not in report["cases"][1]
     worktrees = subprocess.run(["git", "-C", ROOT, "worktree", "list"], capture_output=True,
                                text=True, check=True).stdout
     assert "baseline" not in worktrees
