@@ -241,11 +241,13 @@ def _flip_and_distort(images, flips, colour_params):
 
 
 # The same pixel arithmetic compiled by XLA into a few fused loops, every view
-# of an example in one call: about 0.2 ms less CPU per 224 px view in the
+# of an example in one call: 0.2-0.4 ms less CPU per 224 px view in the
 # tf.data pipeline than the ops one by one (bench/input_pipeline.py), same
-# views to float32 round-off (tested). The random choices are drawn outside:
-# XLA's stateless random numbers differ from TensorFlow's, and a seed must
-# give one view.
+# views to float32 round-off (tested). Compiled once per process: about 9 s
+# before the first batch on 2 cores, mostly TensorFlow's translation of the
+# switch_case positions (nested tf.conds compile in ~1.3 s but run slower).
+# The random choices are drawn outside: XLA's stateless random numbers
+# differ from TensorFlow's, and a seed must give one view.
 _flip_and_distort_xla = tf.function(_flip_and_distort, jit_compile=True)
 
 # Smallest view side for which pipelines compile the colour arithmetic: below

@@ -17,11 +17,11 @@ windows inside it then get exactly the pixels of a whole decode (tested for
 What it saves: libjpeg still entropy-decodes every row above the region's
 bottom; it skips the inverse DCT, upsampling and colour conversion outside
 the region, and the crops are resized from the uint8 region without a float
-copy of the whole image. Measured (bench/input_pipeline.py, 2-core Zen 4):
-28% less CPU per fine-tuning view and 16% less per pretraining image from
-1000x750 photos, 9% less per fine-tuning view at 500x375, but 4-10% more
-for the two pretraining views of photos of 500 px and less, whose windows
-cover most of the image.
+copy of the whole image. Measured (bench/input_pipeline.py, 2-core Zen 4,
+two runs): 28% less CPU per fine-tuning view and 14-16% less per
+pretraining image from 1000x750 photos, 8-9% less per fine-tuning view at
+500x375; for the two pretraining views of photos of 500 px and less, whose
+windows cover most of the image, within 10% of a whole decode either way.
 """
 from typing import Callable, Tuple
 
