@@ -98,9 +98,8 @@ class DataConfig:
         "orientation-sensitive images such as digits).")
     cache: bool = setting(False, "Cache decoded images in memory.")
     xla_augment: bool = setting(True, "XLA-compile the colour distortion of pretraining "
-        "views of 128 px or more (same views to float32 round-off, 8-14% less CPU at 224 "
-        "px; compiled once per process, about 9 s before the first batch on 2 cores, so "
-        "turn it off for short runs).")
+        "views >= 128 px (same views to round-off, 8-14% less CPU at 224 px; compiled once "
+        "per process: ~9 s before the first batch on 2 cores; off for short runs).")
     shuffle_buffer: int = setting(10000,
         "Shuffle buffer for sequential sources (tfds); folders and built-in data shuffle "
         "fully.")
