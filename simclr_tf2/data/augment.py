@@ -117,19 +117,27 @@ def color_jitter_params(seed: tf.Tensor, strength: float):
 def apply_color_jitter(image: tf.Tensor, order: tf.Tensor, brightness, contrast,
                        saturation, hue) -> tf.Tensor:
     """Applies op order[0], then order[1], ... (0 brightness: x * b, 1
-    contrast, 2 saturation, 3 hue), clipping to [0, 1] after each."""
+    contrast, 2 saturation, 3 hue), clipping to [0, 1] after each.
+
+    The positions are the steps of a while loop rather than four switch_cases
+    in a row: XLA's translation analyses each switch_case's input back
+    through the ones before it, which took 9 s of compilation at 224 px
+    against 0.7 s for the loop; both run equally fast."""
     ops = [
         lambda x: x * brightness,
         lambda x: tf.image.adjust_contrast(x, contrast),
         lambda x: tf.image.adjust_saturation(x, saturation),
         lambda x: tf.image.adjust_hue(x, hue),
     ]
-    for position in range(len(ops)):
-        branches = [lambda fn=fn, x=image: tf.clip_by_value(fn(x), 0.0, 1.0)
-                    for fn in ops]
-        image = tf.ensure_shape(tf.switch_case(order[position], branches),
-                                [None, None, 3])
-    return image
+    shape = image.shape.merge_with([None, None, 3])
+
+    def step(position, x):
+        branches = [lambda fn=fn: tf.clip_by_value(fn(x), 0.0, 1.0) for fn in ops]
+        return position + 1, tf.ensure_shape(tf.switch_case(order[position], branches),
+                                              shape)
+
+    return tf.while_loop(lambda position, _: position < len(ops), step,
+                         (tf.constant(0), tf.ensure_shape(image, shape)))[1]
 
 
 def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
@@ -243,11 +251,10 @@ def _flip_and_distort(images, flips, colour_params):
 # The same pixel arithmetic compiled by XLA into a few fused loops, every view
 # of an example in one call: 0.2-0.4 ms less CPU per 224 px view in the
 # tf.data pipeline than the ops one by one (bench/input_pipeline.py), same
-# views to float32 round-off (tested). Compiled once per process: about 9 s
-# before the first batch on 2 cores, mostly TensorFlow's translation of the
-# switch_case positions (nested tf.conds compile in ~1.3 s but run slower).
-# The random choices are drawn outside: XLA's stateless random numbers
-# differ from TensorFlow's, and a seed must give one view.
+# views to float32 round-off (tested). Compiled once per process (see
+# apply_color_jitter for why it takes under a second). The random choices
+# are drawn outside: XLA's stateless random numbers differ from
+# TensorFlow's, and a seed must give one view.
 _flip_and_distort_xla = tf.function(_flip_and_distort, jit_compile=True)
 
 # Smallest view side for which pipelines compile the colour arithmetic: below
