@@ -138,7 +138,8 @@ def test_apply_color_jitter_follows_the_order_and_clips_after_each_op():
 
 
 def test_apply_color_jitter_applies_all_four_ops_in_every_order():
-    """Every permutation, eagerly, in a graph and XLA-compiled, against the
+    """Every permutation, eagerly, in a graph, as a loop and XLA-compiled (as a
+    loop), against the
     four tf.image ops composed in that order by hand."""
     image = _colourful(9, 11)
     factors = (1.3, 0.6, 1.7, 0.15)  # brightness, contrast, saturation, hue
@@ -147,7 +148,9 @@ def test_apply_color_jitter_applies_all_four_ops_in_every_order():
               lambda x: tf.image.adjust_saturation(x, factors[2]),
               lambda x: tf.image.adjust_hue(x, factors[3])]
     graph = tf.function(lambda x, o: augment.apply_color_jitter(x, o, *factors))
-    compiled = tf.function(lambda x, o: augment.apply_color_jitter(x, o, *factors),
+    looped = tf.function(lambda x, o: augment.apply_color_jitter(x, o, *factors, loop=True))
+    compiled = tf.function(lambda x, o: augment.apply_color_jitter(x, o, *factors,
+                                                                   loop=True),
                            jit_compile=True)
     outputs = set()
     for order in itertools.permutations(range(4)):
@@ -156,7 +159,7 @@ def test_apply_color_jitter_applies_all_four_ops_in_every_order():
             expected = tf.clip_by_value(single[op](expected), 0.0, 1.0)
         o = tf.constant(order)
         for fn, tolerance in ((augment.apply_color_jitter, 1e-6), (graph, 1e-6),
-                              (compiled, 5e-6)):
+                              (looped, 1e-6), (compiled, 5e-6)):
             out = fn(image, o) if fn is not augment.apply_color_jitter else fn(
                 image, o, *factors)
             np.testing.assert_allclose(out, expected, atol=tolerance, err_msg=str(order))

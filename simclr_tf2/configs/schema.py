@@ -99,7 +99,7 @@ class DataConfig:
     cache: bool = setting(False, "Cache decoded images in memory.")
     xla_augment: bool = setting(True, "XLA-compile the colour distortion of pretraining "
         "views >= 128 px (same views to round-off, 8-14% less CPU at 224 px; compiled once "
-        "per process: ~9 s before the first batch on 2 cores; off for short runs).")
+        "per process, in under a second).")
     shuffle_buffer: int = setting(10000,
         "Shuffle buffer for sequential sources (tfds); folders and built-in data shuffle "
         "fully.")

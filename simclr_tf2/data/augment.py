@@ -115,14 +115,15 @@ def color_jitter_params(seed: tf.Tensor, strength: float):
 
 
 def apply_color_jitter(image: tf.Tensor, order: tf.Tensor, brightness, contrast,
-                       saturation, hue) -> tf.Tensor:
+                       saturation, hue, loop: bool = False) -> tf.Tensor:
     """Applies op order[0], then order[1], ... (0 brightness: x * b, 1
     contrast, 2 saturation, 3 hue), clipping to [0, 1] after each.
 
-    The positions are the steps of a while loop rather than four switch_cases
-    in a row: XLA's translation analyses each switch_case's input back
-    through the ones before it, which took 9 s of compilation at 224 px
-    against 0.7 s for the loop; both run equally fast."""
+    `loop` makes the positions the steps of a while loop rather than four
+    switch_cases in a row, for XLA: its translation analyses each
+    switch_case's input back through the ones before it, which took 9 s of
+    compilation at 224 px against 0.7 s for the loop, same run time. Without
+    XLA the loop costs more per image (+30% at 32 px), so it is off there."""
     ops = [
         lambda x: x * brightness,
         lambda x: tf.image.adjust_contrast(x, contrast),
@@ -130,6 +131,12 @@ def apply_color_jitter(image: tf.Tensor, order: tf.Tensor, brightness, contrast,
         lambda x: tf.image.adjust_hue(x, hue),
     ]
     shape = image.shape.merge_with([None, None, 3])
+    if not loop:
+        for position in range(len(ops)):
+            branches = [lambda fn=fn, x=image: tf.clip_by_value(fn(x), 0.0, 1.0)
+                        for fn in ops]
+            image = tf.ensure_shape(tf.switch_case(order[position], branches), shape)
+        return image
 
     def step(position, x):
         branches = [lambda fn=fn: tf.clip_by_value(fn(x), 0.0, 1.0) for fn in ops]
@@ -162,10 +169,11 @@ def color_distortion_params(seed: tf.Tensor, strength: float):
 
 
 def apply_color_distortion(image: tf.Tensor, jitter, order, brightness, contrast,
-                           saturation, hue, drop) -> tf.Tensor:
-    """The colour distortion that `color_distortion_params` chose."""
+                           saturation, hue, drop, loop: bool = False) -> tf.Tensor:
+    """The colour distortion that `color_distortion_params` chose (`loop`: see
+    apply_color_jitter)."""
     image = tf.cond(jitter, lambda: apply_color_jitter(image, order, brightness, contrast,
-                                                       saturation, hue),
+                                                       saturation, hue, loop),
                     lambda: image)
     return tf.cond(drop, lambda: color_drop(image), lambda: image)
 
@@ -240,11 +248,11 @@ def flip_draw(seed: tf.Tensor) -> tf.Tensor:
     return _uniform(seed, 0.0, 1.0) < 0.5
 
 
-def _flip_and_distort(images, flips, colour_params):
+def _flip_and_distort(images, flips, colour_params, loop=False):
     """Each image flipped if its flip says so, then colour-distorted with its
     parameters (see color_distortion_params)."""
     return tuple(apply_color_distortion(tf.cond(f, lambda x=x: tf.reverse(x, [1]),
-                                                lambda x=x: x), *params)
+                                                lambda x=x: x), *params, loop=loop)
                  for x, f, params in zip(images, flips, colour_params))
 
 
@@ -255,7 +263,8 @@ def _flip_and_distort(images, flips, colour_params):
 # apply_color_jitter for why it takes under a second). The random choices
 # are drawn outside: XLA's stateless random numbers differ from
 # TensorFlow's, and a seed must give one view.
-_flip_and_distort_xla = tf.function(_flip_and_distort, jit_compile=True)
+_flip_and_distort_xla = tf.function(lambda images, flips, colour_params: _flip_and_distort(
+    images, flips, colour_params, loop=True), jit_compile=True)
 
 # Smallest view side for which pipelines compile the colour arithmetic: below
 # it the call costs what it saves (measured: +14% CPU per image at 32 px,
