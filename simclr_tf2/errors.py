@@ -4,6 +4,11 @@ The command-line entry points print them as one `error:` line and exit 2.
 """
 
 
+class DataError(ValueError):
+    """Bad input data or data settings; the message names the file or
+    setting and the fix."""
+
+
 class RunError(RuntimeError):
     """A run cannot go on; the message says why and what to do."""
 

@@ -27,10 +27,24 @@ from typing import Callable, Tuple
 
 import tensorflow as tf
 
-from simclr_tf2.data import augment, sources
+from simclr_tf2.data import augment
 
 # Alignment and context of the decoded region, in pixels.
 REGION_MARGIN = 16
+
+
+def decode_image_data(data: tf.Tensor) -> tf.Tensor:
+    """Encoded image -> float32 RGB [H, W, 3] in [0, 1]: grey, RGBA, palette
+    and 16-bit images are converted (alpha dropped); animated GIFs give their
+    first frame."""
+    image = tf.io.decode_image(data, channels=3, dtype=tf.float32,
+                               expand_animations=False)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def decode_image_file(path: tf.Tensor) -> tf.Tensor:
+    """decode_image_data of the file at `path`."""
+    return decode_image_data(tf.io.read_file(path))
 
 
 def covering_region(windows: tf.Tensor, image_shape: tf.Tensor,
@@ -68,7 +82,7 @@ def decode_crops(data: tf.Tensor, sample_windows: Callable[[tf.Tensor], tf.Tenso
     `sample_windows(shape)` ([height, width, channels] int32 -> [k, 4]
     windows, k static) draws for the encoded image `data`, cut and resized
     by augment.crop_and_resize, as from the whole decoded image
-    (sources.decode_image_data: grey, RGBA, palette, 16-bit). A JPEG
+    (decode_image_data: grey, RGBA, palette, 16-bit). A JPEG
     is decoded only over the region the windows cover."""
     def crops(image, windows):
         return tf.stack([augment.crop_and_resize(image, windows[i], size)
@@ -79,7 +93,7 @@ def decode_crops(data: tf.Tensor, sample_windows: Callable[[tf.Tensor], tf.Tenso
         return crops(*decode_jpeg_region(data, windows))
 
     def other():
-        image = sources.decode_image_data(data)
+        image = decode_image_data(data)
         return crops(image, tf.cast(sample_windows(tf.shape(image)), tf.int32))
 
     return tf.cond(tf.io.is_jpeg(data), jpeg, other)

@@ -13,18 +13,30 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf2.configs.schema import DataConfig
-from simclr_tf2.data import augment, decode
-from simclr_tf2.data.sources import DataError, Source
+from simclr_tf2.data import augment, decode, skips
+from simclr_tf2.data.sources import Source
+from simclr_tf2.errors import DataError
 
 PIPELINE_MODES = ("pretrain", "finetune", "eval")
 
 
-def shard_indices(indices: np.ndarray, context: Optional[tf.distribute.InputContext]
-                  ) -> np.ndarray:
-    """This input pipeline's share: every num_input_pipelines-th example."""
-    if context is None or context.num_input_pipelines == 1:
+def _share(indices: np.ndarray, source: Optional[Source], pipeline: int,
+           pipelines: int) -> np.ndarray:
+    if pipelines == 1:
         return indices
-    return indices[context.input_pipeline_id::context.num_input_pipelines]
+    if source is not None and source.shard is not None:
+        return source.shard(indices, pipeline, pipelines)
+    return indices[pipeline::pipelines]
+
+
+def shard_indices(indices: np.ndarray, context: Optional[tf.distribute.InputContext],
+                  source: Optional[Source] = None) -> np.ndarray:
+    """This input pipeline's share: the source's own split when it has one
+    (TFRecord shards: whole files), else every num_input_pipelines-th
+    example."""
+    if context is None:
+        return indices
+    return _share(indices, source, context.input_pipeline_id, context.num_input_pipelines)
 
 
 def per_replica_batch_size(global_batch_size: int,
@@ -48,24 +60,24 @@ def _pad_batch(batch, batch_size):
     return {k: pad(v, -1 if k in ("label", "index") else 0) for k, v in batch.items()}
 
 
-def _all_padding(batch):
-    """A batch of padding only: label and index -1, images 0."""
-    return {k: tf.fill(tf.shape(v), tf.cast(-1 if k in ("label", "index") else 0, v.dtype))
-            for k, v in batch.items()}
-
-
-def _eval_filler_batches(total: int, local: int, batch: int,
+def _eval_filler_batches(largest: int, local: int, batch: int,
                          context: Optional[tf.distribute.InputContext]) -> int:
     """All-padding batches to append so that every replica of every pipeline
     gets the same number of eval batches (a replica without a batch would end
-    the distributed loop early and drop examples)."""
+    the distributed loop early and drop examples); `largest` is the largest
+    pipeline's share."""
     pipelines = context.num_input_pipelines if context else 1
     replicas = context.num_replicas_in_sync if context else 1
     per_pipeline = max(replicas // pipelines, 1)
-    most = -(-total // pipelines)  # the largest shard
-    needed = -(-most // batch)
+    needed = -(-largest // batch)
     needed = -(-needed // per_pipeline) * per_pipeline
     return needed - (-(-local // batch))
+
+
+def _padding_like(spec) -> Dict[str, tf.Tensor]:
+    """A padding element: label and index -1, everything else 0."""
+    return {k: tf.fill(s.shape, tf.cast(-1 if k in ("label", "index") else 0, s.dtype))
+            for k, s in spec.items()}
 
 
 def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
@@ -103,15 +115,18 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     local_batch = per_replica_batch_size(batch_size, input_context)
     if indices is None:
         indices = np.arange(len(source))
-    total = len(indices)
-    indices = shard_indices(np.asarray(indices, np.int64), input_context)
+    all_indices = np.asarray(indices, np.int64)
+    indices = shard_indices(all_indices, input_context, source)
     drop_remainder = training if drop_remainder is None else drop_remainder
     if drop_remainder and len(indices) < local_batch:
         raise DataError(f"{len(indices)} examples cannot fill one batch of "
                         f"{local_batch}: lower the batch size")
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     base = tf.constant(seed * 1_000_003 + pipeline_id, tf.int64)
-    encoded = training and not cache and source.has_encoded
+    # Files are read undecoded where the view can decode them: training
+    # crops decode only their region; sequential sources always, so that a
+    # failed decode happens inside the guarded map (skips.py).
+    encoded = not cache and source.has_encoded and (training or source.load is None)
     xla = xla_augment and image_size >= augment.XLA_MIN_SIZE
     view = _view_fn(mode, image_size, color_strength, blur, crop_area_min, flip, xla,
                     encoded)
@@ -131,11 +146,10 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
         ds = tf.data.Dataset.from_tensor_slices(indices)
         if training:
             ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
-        ds = ds.enumerate().skip(skip)
-
         load = source.load_encoded if encoded else source.load
+
+        def index_of(index):
+            return index
 
         def transform(counter, index):
             out = view(load(index), tf.stack([base, counter]))
@@ -143,16 +157,17 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
             out.update({k: tf.gather(v, index) for k, v in extra_tensors.items()})
             return out
     else:
-        ds = source.encoded_dataset(indices) if encoded else source.dataset(indices)
+        ds = (source.encoded_dataset(indices, seed if training else None) if encoded
+              else source.dataset(indices))
         key = "encoded" if encoded else "image"
         if cache:
             ds = ds.cache()
         if training:
             ds = ds.shuffle(min(shuffle_buffer, len(indices)) or 1, seed=seed,
                             reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
-        ds = ds.enumerate().skip(skip)  # resuming reads the skipped examples
+
+        def index_of(example):
+            return example["index"]
 
         def transform(counter, example):
             out = view(example[key], tf.stack([base, counter]))
@@ -160,14 +175,31 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
             out.update(label=tf.gather(labels, example["index"]), index=example["index"])
             out.update({k: tf.gather(v, example["index"]) for k, v in extra_tensors.items()})
             return out
-
-    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.enumerate()
+    known = skips.known_mask(source.skip_log, len(source)) if repeat else None
+    if known is not None:
+        # Left out before the resume position is found: a resumed run then
+        # reads what an uninterrupted one did, which dropped them when met.
+        known_bad = tf.constant(known)
+        ds = ds.filter(lambda counter, x: tf.logical_not(tf.gather(known_bad, index_of(x))))
+    # Resuming skips indices (random access) or reads and drops examples.
+    ds = ds.skip(skip)
+    if source.robust:  # images that fail to decode are skipped and recorded
+        ds = skips.guarded_map(ds, transform, index_of, source.skip_log,
+                               pad=None if repeat else _padding_like)
+    else:
+        ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=drop_remainder)
     if not training:
         ds = ds.map(functools.partial(_pad_batch, batch_size=local_batch))
-        extra = _eval_filler_batches(total, len(indices), local_batch, input_context)
+        pipelines = input_context.num_input_pipelines if input_context else 1
+        largest = max(len(_share(all_indices, source, j, pipelines))
+                      for j in range(pipelines))
+        extra = _eval_filler_batches(largest, len(indices), local_batch, input_context)
         if extra:
-            filler = ds.take(1).map(_all_padding)
+            filler = tf.data.Dataset.from_tensors(_padding_like(ds.element_spec))
             ds = ds.concatenate(filler.repeat(extra))
     options = tf.data.Options()
     options.deterministic = True
@@ -201,7 +233,12 @@ def _view_fn(mode: str, image_size: int, color_strength: float, blur: bool,
             return {"image": augment.finetune_view_of_crop(crop, seed, image_size, flip)}
         return finetune
     crop = augment.use_eval_crop(image_size)
-    return lambda image, seed: {"image": augment.eval_view(image, image_size, crop)}
+
+    def evaluation(image, seed):
+        if encoded:
+            image = decode.decode_image_data(image)
+        return {"image": augment.eval_view(image, image_size, crop)}
+    return evaluation
 
 
 def build_from_config(config: DataConfig, source: Source, mode: str, batch_size: int,

@@ -1,34 +1,34 @@
-"""Where images come from: built-in arrays, image folders, tfds datasets.
+"""Where images come from: built-in arrays, image folders, TFRecord shards,
+tfds datasets.
 
 A `Source` is one split: per-example ids and labels as NumPy arrays (for
 subsets and reports) and a `dataset(indices)` that yields
 {'image': float32 [H, W, 3] in [0, 1], 'label': int64, 'index': int64} for
 the chosen examples. Labels are -1 where there are none (unlabeled folders).
-Image folders are read through `tf.io.gfile`, so any TensorFlow filesystem
-works (local, gs://, ram://, ...).
+Folders and shards are read through `tf.io.gfile`, so any TensorFlow
+filesystem works (local, gs://, ram://, ...), and are listed or indexed once
+(listing.py, records.py, index.py).
 """
 import dataclasses
-import io
 import logging
 import os
 import posixpath
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from simclr_tf2.configs.schema import DataConfig
+from simclr_tf2.data import listing, records
 from simclr_tf2.data.builtin import BUILTIN_DATASETS, load_builtin
+from simclr_tf2.data.decode import decode_image_data, decode_image_file
+from simclr_tf2.data.index import IndexStore, index_name, read_index, unpack_labels
+from simclr_tf2.data.skips import SkipLog
+from simclr_tf2.errors import DataError
 
 log = logging.getLogger("simclr_tf2.data")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-# File signatures of the formats tf.io.decode_image reads.
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file or setting and the fix."""
+IMAGE_EXTENSIONS = listing.IMAGE_EXTENSIONS
 
 
 @dataclasses.dataclass
@@ -47,15 +47,27 @@ class Source:
     # The encoded file (string scalar) of an example, for sources that store
     # files (folders): random crops then decode only what they use (decode.py).
     load_encoded: Optional[Callable[[tf.Tensor], tf.Tensor]] = None
-    # Sequential sources that store encoded images (tfds): like `_make`, with
-    # 'encoded' (string scalar) in place of 'image'.
-    _make_encoded: Optional[Callable[[np.ndarray], tf.data.Dataset]] = None
+    # Sequential sources that store encoded images (tfds, TFRecord shards):
+    # (indices, shuffle_seed) -> like `_make`, with 'encoded' (string scalar)
+    # in place of 'image'; shuffle_seed shuffles the files each epoch.
+    _make_encoded: Optional[Callable[..., tf.data.Dataset]] = None
+    # Examples are encoded images that may fail to decode: pipelines skip
+    # those where they meet them and record them in `skip_log` (skips.py);
+    # `describe(index)` says why one failed.
+    robust: bool = False
+    skip_log: Optional[SkipLog] = None
+    describe: Optional[Callable[[int], str]] = None
+    # (indices, pipeline, pipelines) -> this input pipeline's share, when the
+    # source can do better than every pipelines-th example (shards: by file).
+    shard: Optional[Callable[[np.ndarray, int, int], np.ndarray]] = None
+    location: str = ""     # the folder or file pattern read, for messages
 
     def __len__(self):
         return len(self.ids)
 
     def dataset(self, indices: Optional[np.ndarray] = None) -> tf.data.Dataset:
-        """Examples at `indices` (all by default), in index order."""
+        """Examples at `indices` (all by default), in index order (sequential
+        sources: in the order they are stored)."""
         if indices is None:
             indices = np.arange(len(self))
         return self._make(np.asarray(indices, np.int64))
@@ -68,13 +80,24 @@ class Source:
             return self.load_encoded is not None
         return self._make_encoded is not None
 
-    def encoded_dataset(self, indices: Optional[np.ndarray] = None) -> tf.data.Dataset:
+    def encoded_dataset(self, indices: Optional[np.ndarray] = None,
+                        shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
         """Like `dataset`, with the encoded image file under 'encoded'."""
         if self._make_encoded is None:
             raise ValueError(f"source {self.name!r} does not store encoded images")
         if indices is None:
             indices = np.arange(len(self))
-        return self._make_encoded(np.asarray(indices, np.int64))
+        return self._make_encoded(np.asarray(indices, np.int64), shuffle_seed)
+
+    def with_skip_log(self, directory: Optional[str],
+                      report: Callable[[str], None] = log.warning) -> "Source":
+        """This source with its skipped examples recorded in `directory`
+        and told to `report`."""
+        if not self.robust:
+            return self
+        describe = self.describe or (lambda i: "its image cannot be decoded")
+        return dataclasses.replace(self, skip_log=SkipLog(
+            directory, lambda i: (str(self.ids[i]), describe(i)), report))
 
 
 # ---------------------------------------------------------------- built in
@@ -94,118 +117,74 @@ def builtin_source(name: str, split: str, image_size: int) -> Source:
 
 
 # ------------------------------------------------------------------ folder
-def _problem(path: str, verify: bool) -> Optional[str]:
-    """None if `path` is a readable image (fully decoded when `verify`),
-    else the reason to skip it."""
-    with tf.io.gfile.GFile(path, "rb") as f:
-        data = f.read() if verify else f.read(8)
-    if not any(data.startswith(m) for m in _MAGIC):
-        return "not an image (unknown file signature)"
-    if not verify:
-        return None
-    from PIL import Image  # pillow ships with matplotlib, a tf-models dependency
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.size[0] < 1 or image.size[1] < 1:
-                return "has no pixels"
-    except Exception as error:  # noqa: BLE001 - any decoder failure means "corrupt"
-        return f"cannot be decoded ({type(error).__name__}: {error})"
-    return None
+# Sub-folder names that mark a folder as split into train / eval parts.
+SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "eval", "dev")
 
 
-def _join(*parts: str) -> str:
-    """Path join that keeps a filesystem scheme (gs://, ram://) intact."""
-    return posixpath.join(*parts) if "://" in parts[0] else os.path.join(*parts)
-
-
-def _visible(names) -> List[str]:
-    """Listing entries without hidden ones; directory marks (gs: 'a/') dropped."""
-    return sorted(n.rstrip("/") for n in names if not n.startswith("."))
-
-
-def scan_image_folder(root: str, labelled: bool, verify: bool = True
-                      ) -> Tuple[List[str], List[int], List[str], Dict[str, str]]:
-    """Lists the images under `root` (any TensorFlow filesystem).
-
-    labelled=True: one sub-folder per class (sorted names = class ids), images
-    anywhere below it. labelled=False: every image in the tree, label -1.
-    Non-image files and (with verify) files that do not decode are skipped and
-    returned in `skipped` {relative path: reason}.
-    Returns (relative paths, labels, class names, skipped).
-    """
+def split_folder(root: str, split: str, allow_root: bool) -> str:
+    """root/<split> when it exists; else `root` itself when `allow_root`
+    (the training split of a folder that is not split into parts). A split
+    that is missing is an error naming the parts that exist."""
+    candidate = listing.join(root, split) if split else root
+    if split and tf.io.gfile.isdir(candidate):
+        return candidate
     if not tf.io.gfile.isdir(root):
-        raise DataError(f"image folder {root!r} does not exist or is not a "
-                        "directory: set data_dir to a folder of images")
-    if labelled:
-        classes = [d for d in _visible(tf.io.gfile.listdir(root))
-                   if tf.io.gfile.isdir(_join(root, d))]
-        if not classes:
-            raise DataError(f"image folder {root!r} has no class sub-folders: put "
-                            "each class's images in root/<class name>/ (or use it "
-                            "unlabeled, for pretraining only)")
-        groups = [(c, c, label) for label, c in enumerate(classes)]
+        raise DataError(f"image folder {root!r} does not exist or is not a directory: "
+                        "set data_dir to a folder of images")
+    parts = [name.rstrip("/") for name in tf.io.gfile.listdir(root)
+             if name.rstrip("/").lower() in SPLIT_NAMES
+             and tf.io.gfile.isdir(listing.join(root, name.rstrip("/")))]
+    if allow_root and not parts:
+        return root
+    if parts:
+        raise DataError(f"image folder {root!r} has no {split!r} split; its splits are "
+                        f"{sorted(parts)}: set --eval_split (or --train_split) to one "
+                        "of them")
+    raise DataError(f"image folder {root!r} has no {split!r} sub-folder and is not split "
+                    "into parts (train/, val/, ...): evaluation needs images of its own; "
+                    "set --eval_split to a sub-folder that holds them")
+
+
+def _stored_listing(header, lines, folder: str) -> Optional[listing.Listing]:
+    found = listing.unpack(header, lines)
+    if found is None or found.root != folder or listing.folder_changed(found):
+        return None
+    return found
+
+
+def folder_source(root: str, split: str, labelled: Optional[bool] = True,
+                  verify: bool = False, store: Optional[IndexStore] = None,
+                  allow_root: bool = True) -> Source:
+    """Images under root/<split> (or root, see `split_folder`), as class
+    folders (labelled=True), an unlabeled tree (False) or as the layout
+    says (None). Listed once (listing.py) and, with `store`, kept in an
+    index that later calls read instead; `verify` decodes every file once
+    up front and leaves out those that fail (else they are skipped when
+    met)."""
+    folder = split_folder(root, split, allow_root)
+    report = store.report if store is not None else log.info
+    name = index_name("folder", folder)
+    found = store.get(name, lambda h, lines: _stored_listing(h, lines, folder)) \
+        if store is not None else None
+    fresh = found is None
+    if fresh:
+        found = listing.list_folder(folder, report)
     else:
-        classes = []
-        groups = [("", "", -1)]
-    paths, labels, skipped = [], [], {}
-    empty_classes = []
-    for class_name, relative, label in groups:
-        found = 0
-        folder = _join(root, relative) if relative else root
-        for directory, subdirs, files in tf.io.gfile.walk(folder):
-            subdirs[:] = _visible(subdirs)
-            below = directory[len(root):].strip("/")
-            for file_name in _visible(files):
-                rel = posixpath.join(below, file_name) if below else file_name
-                if not file_name.lower().endswith(IMAGE_EXTENSIONS):
-                    skipped[rel] = "not an image file name"
-                    continue
-                reason = _problem(_join(directory, file_name), verify)
-                if reason:
-                    skipped[rel] = reason
-                    continue
-                paths.append(rel)
-                labels.append(label)
-                found += 1
-        if labelled and found == 0:
-            empty_classes.append(class_name)
-    if empty_classes:
-        raise DataError(f"class folder(s) {empty_classes} under {root!r} contain no "
-                        "readable images: add images or remove the folder(s)")
-    if not paths:
-        raise DataError(f"no readable images found under {root!r} (extensions "
-                        f"{list(IMAGE_EXTENSIONS)}; {len(skipped)} file(s) skipped)")
+        report(f"image folder {folder}: {len(found.paths):,} images from the index "
+               f"{store.file(name)}")
+    if verify and not found.verified:
+        found, fresh = listing.verify_files(found, report), True
+    if store is not None and fresh:
+        store.put(name, *listing.pack(found))
+    paths, labels, classes, skipped = listing.labelled_view(found, labelled)
     if skipped:
         reasons: Dict[str, int] = {}
         for reason in skipped.values():
             key = reason.split(" (")[0]
             reasons[key] = reasons.get(key, 0) + 1
-        examples = ", ".join(list(skipped)[:3])
-        log.warning("image folder %s: skipped %d file(s): %s (e.g. %s)", root,
-                    len(skipped), reasons, examples)
-    return paths, labels, classes, skipped
-
-
-def decode_image_data(data: tf.Tensor) -> tf.Tensor:
-    """Encoded image -> float32 RGB [H, W, 3] in [0, 1]: grey, RGBA, palette
-    and 16-bit images are converted (alpha dropped); animated GIFs give their
-    first frame."""
-    image = tf.io.decode_image(data, channels=3, dtype=tf.float32,
-                               expand_animations=False)
-    return tf.ensure_shape(image, [None, None, 3])
-
-
-def decode_image_file(path: tf.Tensor) -> tf.Tensor:
-    """decode_image_data of the file at `path`."""
-    return decode_image_data(tf.io.read_file(path))
-
-
-def folder_source(root: str, split: str, labelled: bool, verify: bool = True) -> Source:
-    """Images under root/<split> when that folder exists, else under root."""
-    folder = _join(root, split) if split and tf.io.gfile.isdir(_join(root, split)) else root
-    paths, labels, classes, _ = scan_image_folder(folder, labelled, verify)
-    full = tf.constant([_join(folder, p) for p in paths])
+        log.warning("image folder %s: left out %d file(s): %s (e.g. %s)", folder,
+                    len(skipped), reasons, ", ".join(list(skipped)[:3]))
+    full = tf.constant([listing.join(folder, p) for p in paths])
     label_array = np.asarray(labels, np.int64)
     label_tensor = tf.constant(label_array)
 
@@ -217,7 +196,58 @@ def folder_source(root: str, split: str, labelled: bool, verify: bool = True) ->
 
     return Source("folder", split, np.asarray(paths), label_array, len(classes),
                   classes, make, load=lambda i: decode_image_file(tf.gather(full, i)),
-                  load_encoded=lambda i: tf.io.read_file(tf.gather(full, i)))
+                  load_encoded=lambda i: tf.io.read_file(tf.gather(full, i)),
+                  robust=True, location=folder,
+                  describe=lambda i: listing.file_problem(listing.join(folder, paths[i])))
+
+
+# ---------------------------------------------------------------- tfrecord
+def records_source(data_dir: str, split: str, store: Optional[IndexStore] = None
+                   ) -> Source:
+    """TFRecord shards of `split` (records.py: the TPU ImageNet layout or
+    make_shards'); their index is read from beside the shards, else from
+    `store`, else made by one pass over the records (and kept in `store`)."""
+    files, pattern = records.shard_files(data_dir, split)
+    names = [posixpath.basename(f) for f in files]
+    report = store.report if store is not None else log.info
+
+    def current(header, lines):
+        ok = (header.get("kind") == "records" and header.get("version") == 1
+              and header.get("files") == names and len(lines) == sum(header["counts"]))
+        return (header, lines) if ok else None
+
+    entry = read_index(records.index_beside(files, split))
+    entry = entry and current(*entry)
+    name = index_name("records", pattern)
+    if entry is None and store is not None:
+        entry = store.get(name, current)
+    if entry is None:
+        entry = records.index_records(files, report)
+        if store is not None:
+            store.put(name, *entry)
+    else:
+        report(f"TFRecord files {pattern}: {len(entry[1]):,} records in {len(files)} "
+               "files, from their index")
+    header, ids = entry
+    labels = unpack_labels(header["label_runs"])
+    reader = records.RecordReader(files, header["counts"], header["positions"],
+                                  header["layout"])
+    label_tensor = tf.constant(labels)
+
+    def make_encoded(indices, shuffle_seed=None):
+        return reader.encoded(indices, label_tensor, shuffle_seed)
+
+    def make(indices):
+        return make_encoded(indices).map(
+            lambda x: {"image": decode_image_data(x["encoded"]), "label": x["label"],
+                       "index": x["index"]},
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    classes = header["classes"]
+    return Source("tfrecord", split, np.asarray(ids), labels, len(classes), classes,
+                  make, _make_encoded=make_encoded, robust=True, location=pattern,
+                  shard=reader.shard,
+                  describe=lambda i: "its stored image cannot be decoded")
 
 
 # -------------------------------------------------------------------- tfds
@@ -290,20 +320,30 @@ def tfds_source(name: str, split: str, data_dir: Optional[str],
             read_config=tfds.ReadConfig(add_tfds_id=True),
             decoders={"image": tfds.decode.SkipDecoding()})
 
-        def make_encoded(indices):
+        def make_encoded(indices, shuffle_seed=None):
+            del shuffle_seed  # read in the stored order (numbered by position)
             return numbered(indices, encoded).map(
                 lambda i, x: {"encoded": x["image"], "label": label_of(x), "index": i},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     names = list(label_feature.names) if label_feature is not None else []
     return Source(name, split, np.asarray(ids), np.asarray(labels, np.int64),
-                  num_classes, names, make, _make_encoded=make_encoded)
+                  num_classes, names, make, _make_encoded=make_encoded,
+                  robust=make_encoded is not None, location=name)
 
 
-def make_source(config: DataConfig, split: str, labelled: bool = True) -> Source:
-    """The source `config.dataset` names: a built-in name, 'folder' or tfds."""
+def make_source(config: DataConfig, split: str, labelled: Optional[bool] = True,
+                store: Optional[IndexStore] = None) -> Source:
+    """The source `config.dataset` names: a built-in name, 'folder',
+    'tfrecord' or tfds. `labelled` (folders): class folders required
+    (True), none (False) or as the layout says (None). `store` keeps and
+    finds folder and shard indexes. A folder's training split may be the
+    folder itself; any other split must exist."""
     if config.dataset in BUILTIN_DATASETS:
         return builtin_source(config.dataset, split, config.image_size)
     if config.dataset == "folder":
-        return folder_source(config.data_dir, split, labelled, config.verify_images)
+        return folder_source(config.data_dir, split, labelled, config.verify_images,
+                             store, allow_root=split == config.train_split)
+    if config.dataset == "tfrecord":
+        return records_source(config.data_dir, split, store)
     return tfds_source(config.dataset, split, config.data_dir, config.tfds_download)

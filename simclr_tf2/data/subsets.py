@@ -3,13 +3,15 @@
 The examples outside the subset stay in the source: pretraining and
 distillation read every training image, fine-tuning reads only the subset.
 """
+import os
 import posixpath
-from typing import Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf2.data.sources import DataError, Source
+from simclr_tf2.data.sources import Source
+from simclr_tf2.errors import DataError
 
 
 def stratified_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
@@ -26,8 +28,12 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.
         raise DataError("a label fraction needs labelled data; this source has none")
     rng = np.random.RandomState(seed)
     chosen = []
-    for label in classes:
-        members = np.flatnonzero(labels == label)
+    # Each class's examples in increasing order, from one stable sort: O(N log N)
+    # rather than a pass over all N per class (1000 classes at ImageNet size).
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.append(classes, classes[-1] + 1))
+    for label, low, high in zip(classes, bounds[:-1], bounds[1:]):
+        members = order[low:high]
         take = int(round(fraction * len(members)))
         if take == 0:
             raise DataError(
@@ -40,7 +46,10 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.
 
 def subset_from_ids(source: Source, ids_file: str) -> np.ndarray:
     """Sorted indices of the examples whose ids are listed in `ids_file` (one per
-    line; for ImageNet the tfds file names, e.g. n01440764_10026.JPEG)."""
+    line). An id that is not an example's id matches the example whose file
+    name it is (the authors' ImageNet subsets list n01440764_10026.JPEG; a
+    folder's ids are n01440764/n01440764_10026.JPEG), unless two examples
+    have that file name."""
     if not tf.io.gfile.exists(ids_file) or tf.io.gfile.isdir(ids_file):
         raise DataError(f"label_ids_file {ids_file!r} does not exist")
     with tf.io.gfile.GFile(ids_file) as f:
@@ -48,9 +57,24 @@ def subset_from_ids(source: Source, ids_file: str) -> np.ndarray:
     position = {example_id: i for i, example_id in enumerate(source.ids)}
     missing = [w for w in wanted if w not in position]
     if missing:
+        by_name: Dict[str, List[int]] = {}
+        for i, example_id in enumerate(source.ids):
+            by_name.setdefault(posixpath.basename(example_id), []).append(i)
+        twice = [w for w in missing if len(by_name.get(w, ())) > 1]
+        if twice:
+            raise DataError(
+                f"label_ids_file {ids_file!r} names {twice[0]!r}, a file name that "
+                f"{len(by_name[twice[0]])} examples share "
+                f"({', '.join(source.ids[i] for i in by_name[twice[0]][:2])}): list "
+                "their full ids (paths relative to the folder) instead")
+        for w in missing:
+            if w in by_name:
+                position[w] = by_name[w][0]
+        missing = [w for w in missing if w not in position]
+    if missing:
         raise DataError(f"{len(missing)} id(s) in {ids_file!r} are not in the "
                         f"{source.name} {source.split} split, e.g. {missing[:3]}")
-    return np.sort(np.asarray([position[w] for w in wanted], np.int64))
+    return np.unique(np.asarray([position[w] for w in wanted], np.int64))
 
 
 def labelled_subset(source: Source, fraction: float = 1.0,
@@ -70,10 +94,15 @@ def labelled_subset(source: Source, fraction: float = 1.0,
     else:
         indices = stratified_subset(source.labels, fraction, seed)
     if write_to:
-        # any TensorFlow filesystem: model_dir may be in a bucket
-        tf.io.gfile.makedirs(posixpath.dirname(write_to) or ".")
-        tmp = write_to + ".tmp"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write("".join(f"{source.ids[i]}\n" for i in indices))
-        tf.io.gfile.rename(tmp, write_to, overwrite=True)
+        write_ids(write_to, source, indices)
     return indices
+
+
+def write_ids(path: str, source: Source, indices: np.ndarray) -> None:
+    """The ids of the examples `indices`, one per line, written atomically
+    to `path` on any TensorFlow filesystem (label_ids_file reads them)."""
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write("".join(f"{source.ids[i]}\n" for i in indices))
+    tf.io.gfile.rename(tmp, path, overwrite=True)

@@ -1,0 +1,180 @@
+"""Images that fail to decode: skipped where the pipeline meets them,
+counted exactly and named, and the run goes on.
+
+Checking 1.28 million files before training costs a full decode of each
+(about 1 ms, 20+ minutes per start), so files are not checked up front by
+default. Instead the decode runs in a parallel map followed by
+`ignore_errors`: an example whose image does not decode drops out, and a
+training batch fills from the next examples (an evaluation pass gets a
+padding example, label -1, in its place, so every replica still gets the
+same number of batches). To know exactly which examples dropped out, each
+element carries its position in the stream and the indices of the
+`MAX_CONSECUTIVE` examples before it; a scan after the drop sees the gap in
+the positions and writes one empty marker file per dropped example,
+`<directory>/<index>`. Markers are shared by every worker, survive restarts
+and count each bad file once. The host reads them (one listing per report)
+and names each file with its reason.
+
+Examples marked before a run starts are left out of its stream before the
+resume position is found, so a resumed run reads the same examples as an
+uninterrupted one. More than `MAX_CONSECUTIVE` failures in a row stop the
+run: then the data or the data settings are wrong, not a few files.
+"""
+import logging
+import sys
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from simclr_tf2.errors import DataError
+
+log = logging.getLogger("simclr_tf2.data")
+
+MAX_CONSECUTIVE = 32
+STOP_MESSAGE = "simclr_tf2: too many images in a row failed to decode"
+
+
+class SkipLog:
+    """The record of one source's skipped examples in `directory` (None:
+    not recorded; each skip is printed on stderr instead). `describe(index)`
+    gives (id, reason); `report` tells of each new one."""
+
+    def __init__(self, directory: Optional[str],
+                 describe: Callable[[int], Tuple[str, str]],
+                 report: Callable[[str], None] = log.warning):
+        self.directory = directory
+        self.describe = describe
+        self.report = report
+        self.named: Dict[int, Tuple[str, str]] = {}
+        self.known = np.asarray(self.marked(), np.int64)
+
+    def marked(self) -> List[int]:
+        """Indices with a marker (one listing call)."""
+        if self.directory is None or not tf.io.gfile.isdir(self.directory):
+            return []
+        return sorted(int(name) for name in tf.io.gfile.listdir(self.directory)
+                      if name.isdigit())
+
+    def update(self) -> List[Tuple[str, str]]:
+        """(id, reason) of the examples marked since this run started and
+        not told of yet; each is reported once."""
+        new = []
+        known = set(self.known.tolist())
+        for index in self.marked():
+            if index not in self.named and index not in known:
+                self.named[index] = self.describe(index)
+                new.append(self.named[index])
+                self.report("skipped %s: %s" % self.named[index])
+        return new
+
+    @property
+    def count(self) -> int:
+        """Examples skipped in this run and the runs it resumes."""
+        return len(set(self.named) | set(self.known.tolist()))
+
+    def as_dict(self) -> Dict[str, str]:
+        """{id: reason} of every skipped example (those marked before this
+        run started are described now: a read of each)."""
+        self.update()
+        for index in self.known.tolist():
+            if index not in self.named:
+                self.named[index] = self.describe(index)
+        return {example_id: reason for example_id, reason in sorted(self.named.values())}
+
+
+def known_mask(skip_log: Optional[SkipLog], size: int) -> Optional[np.ndarray]:
+    """[size] bool, True for examples marked before this run; None if none are."""
+    if skip_log is None or not len(skip_log.known):
+        return None
+    mask = np.zeros(size, bool)
+    mask[skip_log.known[skip_log.known < size]] = True
+    return mask
+
+
+def _record(directory: Optional[str], index: tf.Tensor) -> None:
+    """Writes the marker of a skipped example (prints it when there is no
+    directory)."""
+    if directory is None:
+        tf.print("simclr_tf2: skipped example", index, "(its image does not decode)",
+                 output_stream=sys.stderr)
+    else:
+        tf.io.write_file(tf.strings.join([directory, "/", tf.strings.as_string(index)]), "")
+
+
+def _zeros(spec):
+    shape = [d if d is not None else 0 for d in spec.shape.as_list()] \
+        if spec.shape.rank is not None else []
+    if spec.dtype == tf.string:
+        return tf.fill(shape, "")
+    return tf.zeros(shape, spec.dtype)
+
+
+def guarded_map(ds: tf.data.Dataset, transform: Callable, index_of: Callable,
+                skip_log: Optional[SkipLog], pad: Optional[Callable] = None
+                ) -> tf.data.Dataset:
+    """`ds.map(transform)` over elements (counter, x), in parallel and in
+    order, where an element whose transform fails is dropped and recorded
+    in `skip_log` (`index_of(x)`: its source index); with `pad` (finite
+    streams: evaluation) it is replaced by `pad(output structure)` instead.
+
+    Each element is transformed in a one-element dataset of its own whose
+    `ignore_errors` covers that transform only (an error upstream, such as a
+    corrupt TFRecord file, still stops the run), followed by a stand-in
+    flagged as failed; the first of the two is kept, so every input gives
+    exactly one output and the interleave keeps the order."""
+    directory = skip_log.directory if skip_log is not None else None
+    if directory is not None:
+        tf.io.gfile.makedirs(directory)
+    out_spec = ds.map(transform).element_spec  # traced, not run
+    failed = tf.nest.map_structure(_zeros, out_spec)
+
+    def attempt(counter, x):
+        index = tf.cast(index_of(x), tf.int64)
+        done = tf.data.Dataset.from_tensors((counter, x)).map(
+            lambda c, y: (index, transform(c, y), True)).ignore_errors()
+        return done.concatenate(tf.data.Dataset.from_tensors((index, failed, False))).take(1)
+
+    def guard(run, element):
+        index, out, ok = element
+        run = tf.where(ok, tf.constant(0, tf.int64), run + 1)
+
+        def record():
+            _record(directory, index)
+            return tf.constant(False)
+        recorded = tf.cond(ok, lambda: tf.constant(True), record)
+        with tf.control_dependencies([recorded]):
+            check = tf.debugging.assert_less_equal(
+                run, tf.constant(MAX_CONSECUTIVE, tf.int64),
+                message=f"{STOP_MESSAGE} (more than {MAX_CONSECUTIVE})")
+        with tf.control_dependencies([check]):
+            return tf.identity(run), (out, tf.identity(ok))
+
+    ds = ds.interleave(attempt, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
+    ds = ds.scan(tf.constant(0, tf.int64), guard)
+    if pad is None:
+        def output(out, ok):
+            return out
+
+        def succeeded(out, ok):
+            return ok
+        return ds.filter(succeeded).map(output)
+    filler = pad(out_spec)
+
+    def output_or_padding(out, ok):
+        return tf.cond(ok, lambda: out, lambda: filler)
+    return ds.map(output_or_padding)
+
+
+def stop_error(error: tf.errors.OpError, skip_log: Optional[SkipLog]) -> Optional[DataError]:
+    """The DataError for the pipeline's stop on too many failures in a row,
+    naming the files; None for any other error."""
+    if STOP_MESSAGE not in (getattr(error, "message", "") or str(error)):
+        return None
+    named = skip_log.update() if skip_log is not None else []
+    examples = "; ".join(f"{i}: {r}" for i, r in named[:3])
+    return DataError(f"more than {MAX_CONSECUTIVE} images in a row failed to decode "
+                     f"({examples or 'see the log'}): the data or the data settings are "
+                     "wrong (an image folder of something else, a TFRecord schema that "
+                     "does not match?)")
