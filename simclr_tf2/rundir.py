@@ -5,6 +5,9 @@
       checkpoint, ckpt-<step>.*  tf.train.CheckpointManager's checkpoints; the
                                suffix is the training step
       labelled_ids.txt         the labelled subset of a supervised run (one id per line)
+      data_index/              indexes of the image folders and TFRecord shards read
+                               (unless index_dir puts them elsewhere)
+      skipped/<split>/<index>  one empty file per image that failed to decode
       result.json              the last evaluation (eval, train_then_eval)
       monitor.json             the kNN monitor's reports (pretraining)
       summaries/train, summaries/monitor   TensorBoard event files
@@ -31,6 +34,8 @@ CONFIG_FILE = "config.json"
 RESULT_FILE = "result.json"
 SUBSET_FILE = "labelled_ids.txt"
 MONITOR_FILE = "monitor.json"
+INDEX_DIR = "data_index"
+SKIPPED_DIR = "skipped"
 TRAIN_SUMMARIES = os.path.join("summaries", "train")
 MONITOR_SUMMARIES = os.path.join("summaries", "monitor")
 

@@ -9,9 +9,8 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from simclr_tf2.data.sources import DataError
 from simclr_tf2.flag_definitions import define_flags, format_resolution, resolve_flags
-from simclr_tf2.errors import RunError
+from simclr_tf2.errors import DataError, RunError
 from simclr_tf2.training.runner import run
 
 FLAGS = flags.FLAGS

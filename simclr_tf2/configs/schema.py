@@ -73,15 +73,24 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where images come from and how they are augmented."""
-    # 'digits' | 'mnist5k' (built in, offline) | 'folder' | any tfds name.
     dataset: str = setting("digits",
-        "digits or mnist5k (built in, offline), folder (set data_dir), or a "
-        "tensorflow-datasets name such as imagenet2012, cifar10.")
-    data_dir: Optional[str] = setting(None, "Image folder (dataset=folder) or tfds data_dir.")
+        "digits or mnist5k (built in, offline), folder (image folders), tfrecord (TFRecord "
+        "shards), or a tensorflow-datasets name such as imagenet2012, cifar10.")
+    data_dir: Optional[str] = setting(None,
+        "dataset=folder: the image folder (split sub-folders such as train/ and val/, "
+        "class sub-folders in each). dataset=tfrecord: a directory of <split>-* shards "
+        "or a file pattern with {split} (gs://bucket/imagenet/{split}-*). tfds: its "
+        "data_dir.")
+    index_dir: Optional[str] = setting(None,
+        "Where the listings of image folders and the indexes of TFRecord shards are "
+        "kept (default: <model_dir>/data_index); a directory shared by several runs, "
+        "such as one beside the data, lists each folder once for all of them.")
     image_size: int = setting(32, "Side of the (square) training images in pixels.")
     train_split: str = setting("train",
-        "Training split (tfds split; sub-folder of an image folder when it exists).")
-    eval_split: str = setting("test", "Evaluation split.")
+        "Training split: a tfds split, an image folder's sub-folder (the folder itself "
+        "when it has no split sub-folders) or the {split} of TFRecord shards.")
+    eval_split: str = setting("test", "Evaluation split (must exist; never the training "
+                                      "folder itself).")
     label_fraction: float = setting(1.0,
         "Fine-tuning: stratified fraction of the training labels to use (0.01, 0.1, ...).")
     label_ids_file: Optional[str] = setting(None,
@@ -101,17 +110,16 @@ class DataConfig:
         "views >= 128 px (same views to round-off, 8-14% less CPU at 224 px; compiled once "
         "per process, in under a second).")
     shuffle_buffer: int = setting(10000,
-        "Shuffle buffer for sequential sources (tfds); folders and built-in data shuffle "
-        "fully.")
+        "Shuffle buffer for sequential sources (tfds, TFRecord shards, whose files are "
+        "also shuffled); folders and built-in data shuffle fully.")
     seed: int = setting(0,
         "Seed of shuffling, augmentation and label subsets.", flag="data_seed")
-    # Let tfds download and prepare a dataset that is not in data_dir yet.
     tfds_download: bool = setting(False,
         "Let tfds download a dataset missing from data_dir (off: never download).")
-    # Fully decode every image of a folder once when it is scanned, so corrupt
-    # files are skipped up front (turn off for very large folders).
-    verify_images: bool = setting(True,
-        "Decode every folder image once up front and skip corrupt files.")
+    verify_images: bool = setting(False,
+        "Decode every image of a folder once before training (in parallel, with "
+        "progress; kept in the index) and leave out those that fail. Off: an image "
+        "that fails to decode is skipped, counted and named when training meets it.")
 
     def __post_init__(self):
         check(bool(self.dataset), "dataset must be set. Received: dataset=''")
@@ -121,8 +129,9 @@ class DataConfig:
         check_range("color_jitter_strength", self.color_jitter_strength, 0)
         check_range("crop_area_min", self.crop_area_min, 0, 1, low_inclusive=False)
         check_range("shuffle_buffer", self.shuffle_buffer, 0)
-        check(self.dataset != "folder" or bool(self.data_dir),
-              "dataset='folder' needs data_dir pointing at the image folder. "
+        check(self.dataset not in ("folder", "tfrecord") or bool(self.data_dir),
+              f"dataset={self.dataset!r} needs data_dir pointing at the "
+              f"{'image folder' if self.dataset == 'folder' else 'TFRecord shards'}. "
               "Received: data_dir=None")
 
 
@@ -147,38 +156,23 @@ class TrainConfig:
         "Train a linear head on stop-gradient features while pretraining (needs labels).")
     zero_init_logits_layer: bool = setting(False,
         "Start the supervised head at zero when fine-tuning.")
-    # Distillation: softmax temperature tau of teacher and student, and the
-    # weight alpha of the supervised loss on labelled images (0 = none).
     distill_temperature: float = setting(1.0,
         "Distillation: softmax temperature of teacher and student.")
     distill_alpha: float = setting(0.0,
         "Distillation: weight of the supervised loss on the labelled subset (0 = "
         "unlabeled only).")
-    # Compute the teacher's logits once per image (on the eval view) before
-    # training instead of on every augmented view: for big teachers.
     distill_precompute: bool = setting(False,
         "Distillation: teacher logits once per image (eval view) before training, for big"
         " teachers; default: on every augmented view.")
-    # After supervised training (finetune, linear_eval, distill), replace the
-    # batch-norm moving averages by the mean batch statistics of the final
-    # weights over the eval view of the run's own training images (at most
-    # bn_recompute_batches full batches). For small labelled sets.
     bn_recompute: bool = setting(False,
         "After supervised training, recompute the batch-norm statistics over the eval "
         "view of the run's own training images (final weights; never eval data): for "
         "small labelled sets.")
     bn_recompute_batches: int = setting(100, "bn_recompute: at most this many full batches.")
-    # Which training images: "labelled" (the images the run trained on) or
-    # "all" (the whole training split, labels unused: with a label fraction,
-    # the unlabeled rest too). Never evaluation images.
     bn_recompute_images: str = setting("labelled",
         "bn_recompute over which training images: labelled (those the run trained on) or "
         "all (the whole training split, labels unused; with a label fraction, the "
         "unlabeled rest too).")
-    # linear_eval: compute the frozen network's features of every training
-    # image once, then train the linear head on them (same result, far less
-    # compute). Only when the training view is deterministic: crop_area_min=1
-    # (the whole image) and use_flip=False.
     linear_eval_cache_features: bool = setting(False,
         "Linear eval: compute the frozen features of each training image once and train "
         "the linear head on them (needs crop_area_min=1 and nouse_flip: a deterministic "
@@ -230,15 +224,6 @@ class MemoryConfig:
     """MoCo-style memory: momentum encoder + FIFO queue of negatives."""
     queue_size: int = setting(0, "Memory queue of negatives (0 = plain SimCLR).")
     momentum: float = setting(0.999, "Momentum-encoder EMA decay.", flag="memory_momentum")
-    # What each anchor (an online projection) is contrasted with:
-    # "both" (default): the mean of SimCLR's loss among the online
-    #   projections and a MoCo-style loss whose positive and in-batch
-    #   negatives are the momentum encoder's keys, plus the queue;
-    # "online": the online projections, plus the queue as extra negatives
-    #   (SimCLRv2's description). Nothing ties the online network to the
-    #   momentum encoder then, and on mnist5k it escapes the queued keys by
-    #   collapsing its embedding (bench/RESULTS.md, "Memory");
-    # "momentum": the momentum encoder's keys only, plus the queue (MoCo).
     contrast_keys: str = setting("both",
         "With memory: both (default: SimCLR's loss among the online projections averaged "
         "with a MoCo-style loss against the momentum encoder's keys and the queue), "
@@ -250,24 +235,13 @@ class MemoryConfig:
     queue_weight: float = setting(1.0,
         "With memory: each queued key counts as this many negatives in the softmax (1 = "
         "plain).")
-    # Subtract the mean of the valid queued keys from each of them (then
-    # re-normalise with hidden_norm) before they are used as negatives.
     center_queue: bool = setting(False,
         "With memory: subtract the queue's mean key from the queued keys.")
-    # The queue is filled from the first step but used as negatives only
-    # from this step on.
     warmup_steps: int = setting(0,
         "With memory: use the queue as negatives only from this step on.",
         flag="memory_warmup_steps")
-    # Leave out queued keys that came from an image of the current batch
-    # (an image seen again is not a negative of itself).
     exclude_own_images: bool = setting(False,
         "With memory: leave out queued keys of the current batch's own images.")
-    # Batch norm in this many groups of each replica's 2 x batch images during
-    # the pretraining step (the online network, and the momentum encoder with
-    # its images shuffled first): the one-device form of MoCo's shuffling BN,
-    # so a query and its key are not normalised with the same images. Applies
-    # without memory too (ghost batch norm). 0 or 1 = off.
     bn_splits: int = setting(0,
         "Pretraining: batch norm in this many groups of each replica's 2 x batch images, "
         "the momentum encoder's shuffled first (one-device shuffling BN, as in MoCo; "
@@ -287,26 +261,16 @@ class MemoryConfig:
 class MonitorConfig:
     """What pretraining reports besides its loss: the online linear probe and
     the kNN monitor."""
-    # The online linear probe (lineareval_while_pretraining) trains with its
-    # own momentum-SGD optimizer at this fixed rate, independent of the
-    # pretraining optimizer and learning rate. 0.01: at 0.1 the probe of the
-    # digits demo diverged while LARS's learning rate peaked (probe loss 57
-    # at step 60) as the features grew; 0.1 suits mnist5k's flagfile.
+    # 0.01: at 0.1 the digits demo's probe diverged while LARS's rate peaked.
     probe_learning_rate: float = setting(0.01,
         "Pretraining: learning rate of the online linear probe's own momentum-SGD "
         "optimizer (fixed; independent of --learning_rate). If probe_loss climbs, lower "
         "it.")
-    # Every knn_interval steps (rounded up to whole loops of steps_per_loop;
-    # 0 = off) and at the end: weighted kNN top-1 of eval-split images against training
-    # images, and the effective rank of the training images' features (the
-    # backbone output, eval view, inference mode).
     knn_interval: int = setting(1000,
         "Pretraining: every this many steps (rounded up to whole loops of steps_per_loop)"
         " and at the end, report kNN top-1 and effective rank of the backbone (0 = off).")
     knn_k: int = setting(200, "kNN monitor: neighbours that vote.")
     knn_temperature: float = setting(0.1, "kNN monitor: votes weigh exp(cosine / temperature).")
-    # At most this many training (bank) / eval (query) images, a seeded
-    # random subset; 0 = all.
     knn_bank_size: int = setting(10000,
         "kNN monitor: at most this many training images in the bank, a seeded random "
         "subset (0 = all).")

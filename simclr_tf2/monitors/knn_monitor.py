@@ -25,9 +25,10 @@ def embed(model, data_config: DataConfig, source, batch_size: int,
           indices: Optional[np.ndarray] = None,
           strategy: Optional[tf.distribute.Strategy] = None) -> Dict[str, np.ndarray]:
     """The model's `outputs` in inference mode on the eval view of the
-    examples `indices` (all by default): {name: [len(indices), dim] float32,
-    'label': [len(indices)] int64}, rows in `indices` order. With a strategy
-    each replica embeds its share of every batch."""
+    examples `indices` (all by default): {name: [n, dim] float32, 'label':
+    [n] int64, 'index': [n] int64}, rows in `indices` order, without the
+    examples whose image did not decode. With a strategy each replica embeds
+    its share of every batch."""
     strategy = strategy or tf.distribute.get_strategy()
     indices = np.arange(len(source)) if indices is None else np.asarray(indices)
     replicas = strategy.num_replicas_in_sync
@@ -44,6 +45,7 @@ def embed(model, data_config: DataConfig, source, batch_size: int,
         return strategy.run(replica, args=(batch,))
 
     row_of = {int(i): r for r, i in enumerate(indices)}
+    filled = np.zeros(len(indices), bool)
     table = {}
     for batch in dataset:
         per_replica = forward(batch)
@@ -52,13 +54,15 @@ def embed(model, data_config: DataConfig, source, batch_size: int,
         index = np.concatenate(local.pop("index"))
         keep = index >= 0  # eval batches are padded with index -1
         rows = np.array([row_of[int(i)] for i in index[keep]], np.int64)
+        filled[rows] = True
         for name, parts in local.items():
             values = np.concatenate(parts)[keep]
             if name not in table:
                 table[name] = np.zeros([len(indices), values.shape[-1]], np.float32)
             table[name][rows] = values
     table["label"] = np.asarray(source.labels)[indices]
-    return table
+    table["index"] = np.asarray(indices, np.int64)
+    return {name: values[filled] for name, values in table.items()}
 
 
 def representation_report(model, data_config: DataConfig, bank_source, query_source,

@@ -1,6 +1,6 @@
 """Evaluation: top-1 / top-5 of the supervised head on the eval split, in
 orbit's evaluation loop (`orbit.StandardEvaluator`), on any strategy."""
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import orbit
 import tensorflow as tf
@@ -72,11 +72,14 @@ def _trained_model(config: ExperimentConfig, run_config: RunConfig, strategy):
 
 
 def evaluate(config: ExperimentConfig, run_config: RunConfig, strategy,
-             learner: Optional[Learner] = None, verbose: bool = True) -> Dict:
-    """Top-1 / top-5 of the supervised head on the eval split (`learner`'s
-    model, else the trained run); writes result.json."""
+             learner: Optional[Learner] = None, verbose: bool = True,
+             source=None, skipped: Optional[Callable[[], Dict]] = None) -> Dict:
+    """Top-1 / top-5 of the supervised head on the eval split (`source`,
+    made here when not given; `learner`'s model, else the trained run);
+    writes result.json, with the images the run skipped (`skipped()`:
+    {split: {id: reason}})."""
     split = run_config.eval_split or config.data.eval_split
-    source = make_source(config.data, split, labelled=True)
+    source = source or make_source(config.data, split, labelled=True)
     config = supervised_classes(config, source)
     replicas = strategy.num_replicas_in_sync
     batch = max(config.train.eval_batch_size // replicas, 1) * replicas
@@ -91,10 +94,13 @@ def evaluate(config: ExperimentConfig, run_config: RunConfig, strategy,
     counts = TopKEvaluator(model, strategy, dataset).evaluate(
         tf.constant(config.train.eval_steps or -1))
     result = {"split": split, **counts, "global_step": step, "checkpoint": checkpoint,
-              "train_mode": mode}
+              "train_mode": mode, "skipped": skipped() if skipped else {}}
     if is_chief(strategy):
         write_json(path(run_config.model_dir, RESULT_FILE), result)
     if verbose:
+        bad = len(result["skipped"].get(split, {}))
         print(f"eval on {split}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} "
-              f"({result['num_examples']} examples, step {step})", flush=True)
+              f"({result['num_examples']} examples, step {step}"
+              + (f"; {bad} images that do not decode left out" if bad else "") + ")",
+              flush=True)
     return result

@@ -2,7 +2,7 @@
 recomputed after supervised training, the teacher's logits before
 distillation, and the frozen network's features before cached linear eval."""
 import time
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -81,11 +81,12 @@ MAX_CACHED_FEATURE_BYTES = 2 ** 31 - 2 ** 20
 
 
 def frozen_features(learner: Learner, config: ExperimentConfig, source, indices,
-                    verbose: bool = True) -> np.ndarray:
+                    verbose: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """The frozen network's `finetune_input` (what the linear head reads) for
     the training view of every example in `indices`, computed once:
-    [len(source), dim] float32, rows outside `indices` zero. The training view
-    must be deterministic (crop_area_min=1, no flip; `validate` checks)."""
+    ([len(source), dim] float32, rows outside `indices` zero; the examples
+    of `indices` whose image decoded). The training view must be
+    deterministic (crop_area_min=1, no flip; `validate` checks)."""
     start = time.time()
     model = learner.model
     size = config.data.image_size
@@ -102,12 +103,15 @@ def frozen_features(learner: Learner, config: ExperimentConfig, source, indices,
         # training=True as in the training step; every layer it reads is frozen.
         return model(images, training=True)["finetune_input"]
 
+    filled = np.zeros(len(source), bool)
     for element in build_from_config(config.data, source, "finetune",
                                       config.train.eval_batch_size, indices,
                                       repeat=False, drop_remainder=False):
-        table[element["index"].numpy()] = tf.cast(forward(element["image"]),
-                                                  tf.float32).numpy()
+        index = element["index"].numpy()
+        keep = index >= 0  # an image that did not decode left a padding example
+        table[index[keep]] = tf.cast(forward(element["image"]), tf.float32).numpy()[keep]
+        filled[index[keep]] = True
     if verbose:
-        print(f"linear eval: frozen features ({dim}) of {len(indices)} images "
+        print(f"linear eval: frozen features ({dim}) of {int(filled.sum())} images "
               f"computed in {time.time() - start:.0f}s", flush=True)
-    return table
+    return table, np.asarray(indices)[filled[np.asarray(indices)]]

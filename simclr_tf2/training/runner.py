@@ -7,6 +7,7 @@ pieces live beside it: run_config (RunConfig), validation, distribution
 loop), precompute (passes outside the training step), evaluator; the run
 directory's layout is simclr_tf2.rundir.
 """
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -14,15 +15,13 @@ import sys
 import time
 from typing import Dict, Optional
 
-import numpy as np
 import orbit
 import tensorflow as tf
 import tf_keras
 
 from simclr_tf2.configs.schema import ExperimentConfig
-from simclr_tf2.data import (build_from_config, distribute, feature_dataset,
-                             labelled_subset, make_source)
-from simclr_tf2.data.sources import DataError
+from simclr_tf2.data import build_from_config, distribute, feature_dataset, skips
+from simclr_tf2.data.subsets import write_ids
 from simclr_tf2.errors import NonFiniteLossError, RunError  # noqa: F401 (re-exported)
 from simclr_tf2.export.hub import ExportError, export_hub_modules
 from simclr_tf2.monitors.knn_monitor import KnnMonitor, monitor_indices
@@ -36,36 +35,10 @@ from simclr_tf2.training.learner import Learner, schedule_steps
 from simclr_tf2.training.precompute import (frozen_features, precompute_teacher_logits,
                                             recompute_bn)
 from simclr_tf2.training.run_config import RunConfig
+from simclr_tf2.training.run_data import RunData, index_store, prepare_data
 from simclr_tf2.training.teacher import load_teacher
 from simclr_tf2.training.trainer import SimCLRTrainer, say
 from simclr_tf2.training.validation import changed_settings, supervised_classes, validate
-
-
-def prepare_data(config, run_config, mode, write: bool = True):
-    """(source, indices) of the training examples of `mode`; for supervised
-    modes the labelled subset, whose ids are written to model_dir when
-    `write`."""
-    labelled = mode not in ("pretrain", "distill") or config.train.distill_alpha > 0
-    source = make_source(config.data, config.data.train_split, labelled=labelled)
-    if mode == "pretrain":
-        indices = np.arange(len(source))
-    elif mode == "distill":
-        # Every image; only the labelled subset keeps its label (the rest -1).
-        indices = np.arange(len(source))
-        if labelled:
-            keep = labelled_subset(
-                source, config.data.label_fraction, config.data.label_ids_file,
-                seed=config.data.seed,
-                write_to=path(run_config.model_dir, SUBSET_FILE) if write else None)
-            labels = np.full(len(source), -1, np.int64)
-            labels[keep] = np.asarray(source.labels)[keep]
-            source = dataclasses.replace(source, labels=labels)
-    else:
-        indices = labelled_subset(
-            source, config.data.label_fraction, config.data.label_ids_file,
-            seed=config.data.seed,
-            write_to=path(run_config.model_dir, SUBSET_FILE) if write else None)
-    return source, indices
 
 
 def checkpoint_interval(config: ExperimentConfig, steps) -> int:
@@ -77,11 +50,15 @@ def checkpoint_interval(config: ExperimentConfig, steps) -> int:
 
 
 def train(config: ExperimentConfig, run_config: RunConfig, strategy,
-          mode: str, verbose: bool = True, data=None) -> Learner:
+          mode: str, verbose: bool = True, data: Optional[RunData] = None) -> Learner:
     """Trains `mode` in model_dir until train_steps/epochs; resumes if a
-    checkpoint is there. `data` = (source, indices) when already prepared."""
-    source, indices = data or prepare_data(config, run_config, mode)
-    config = supervised_classes(config, source)
+    checkpoint is there. `data`: the run's data (prepared here if not given)."""
+    if data is None:
+        store = index_store(config, run_config, is_chief(strategy), lambda m: say(verbose, m))
+        data = prepare_data(config, run_config, store).recording_skips(run_config.model_dir)
+    source, indices = data.train, data.indices
+    if mode != "pretrain":
+        supervised_classes(config, source)
     steps = schedule_steps(config, len(indices))
     global_batch = config.train.train_batch_size
     replicas = strategy.num_replicas_in_sync
@@ -122,7 +99,7 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
     pipeline_mode = "pretrain" if mode == "pretrain" else "finetune"
     if (mode == "linear_eval" and config.train.linear_eval_cache_features
             and start < steps.total_steps):
-        features = frozen_features(learner, config, source, indices, verbose)
+        features, indices = frozen_features(learner, config, source, indices, verbose)
         dataset = distribute(strategy, lambda ctx: feature_dataset(
             features, source.labels, indices, global_batch, seed=config.data.seed,
             input_context=ctx, start_step=start))
@@ -131,11 +108,11 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
             config.data, source, pipeline_mode, global_batch, indices,
             input_context=ctx, start_step=start, extras=extras))
     trainer = SimCLRTrainer(learner, strategy, dataset, steps.total_steps,
-                            global_batch, verbose=verbose)
+                            global_batch, verbose=verbose, skip_log=source.skip_log)
     summary_dir = path(run_config.model_dir, TRAIN_SUMMARIES) if chief else None
     monitor = None
     if mode == "pretrain" and config.monitor.knn_interval > 0:
-        monitor = knn_monitor(config, source, strategy, learner, verbose)
+        monitor = knn_monitor(config, data, strategy, learner, verbose)
     controller = orbit.Controller(
         global_step=learner.step, trainer=trainer, strategy=strategy, evaluator=monitor,
         steps_per_loop=config.train.steps_per_loop, checkpoint_manager=manager,
@@ -148,22 +125,27 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
     if verbose:
         print(f"{mode}: {len(indices)} examples, batch {global_batch} on {replicas} "
               f"replica(s), steps {start} -> {steps.total_steps}", flush=True)
+    if source.skip_log is not None and len(source.skip_log.known):
+        say(verbose, f"{len(source.skip_log.known)} image(s) that did not decode before "
+                     "are left out (see skipped/ in the run directory)")
     run_start = time.time()
-    if start < steps.total_steps and monitor is not None:
-        loop = config.train.steps_per_loop  # whole loops between reports
-        controller.train_and_evaluate(
-            train_steps=steps.total_steps, eval_steps=1,
-            eval_interval=-(-config.monitor.knn_interval // loop) * loop)
+    with stopped_by_bad_images(source.skip_log):
+        if start < steps.total_steps and monitor is not None:
+            loop = config.train.steps_per_loop  # whole loops between reports
+            controller.train_and_evaluate(
+                train_steps=steps.total_steps, eval_steps=1,
+                eval_interval=-(-config.monitor.knn_interval // loop) * loop)
+        elif start < steps.total_steps:
+            controller.train(steps=steps.total_steps)
+    if monitor is not None and monitor.history:
         record = {"history": monitor.history, "monitor_seconds": monitor.seconds,
-                  "run_seconds": time.time() - run_start}
+                  "run_seconds": time.time() - run_start, "skipped": data.skipped()}
         if verbose:
             print(f"monitor: {len(monitor.history)} reports took {monitor.seconds:.1f}s "
                   f"({100 * monitor.seconds / max(record['run_seconds'], 1e-9):.1f}% "
                   "of the run)", flush=True)
         if chief:
             write_json(path(run_config.model_dir, MONITOR_FILE), record)
-    elif start < steps.total_steps:
-        controller.train(steps=steps.total_steps)
     if config.train.bn_recompute and mode != "pretrain":
         recompute_bn(config, strategy, learner, source, indices, verbose)
         # Overwrite the final checkpoint in place (manager.save skips a step
@@ -175,23 +157,17 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
     return learner
 
 
-def knn_monitor(config: ExperimentConfig, source, strategy, learner: Learner,
+def knn_monitor(config: ExperimentConfig, data: RunData, strategy, learner: Learner,
                 verbose: bool = True) -> KnnMonitor:
     """The kNN monitor of a pretraining run: its bank is (a seeded subset
-    of) the labelled training split, its queries the eval split; without
-    labels on either, the bank is the run's own images and only the
-    effective rank is reported."""
+    of) the training split, its queries the eval split; without labels on
+    either, only the bank's effective rank is reported."""
     monitor = config.monitor
-    try:
-        bank = make_source(config.data, config.data.train_split, labelled=True)
-        queries = make_source(config.data, config.data.eval_split, labelled=True)
-        if (bank.labels < 0).any() or (queries.labels < 0).any():
-            raise DataError("unlabeled")
-    except DataError:
-        bank, queries = source, None
-        if verbose:
-            print("kNN monitor: the data has no labels (or no eval split): it reports "
-                  "the effective rank only", flush=True)
+    bank, queries = data.train, data.eval
+    if (bank.labels < 0).any() or queries is None:
+        queries = None
+        say(verbose, "kNN monitor: effective rank only ("
+            + (data.eval_problem or "the training images have no labels") + ")")
     return KnnMonitor(
         learner.model, config.data, bank, queries, config.train.eval_batch_size,
         monitor.knn_k, monitor.knn_temperature,
@@ -201,9 +177,34 @@ def knn_monitor(config: ExperimentConfig, source, strategy, learner: Learner,
         strategy=strategy, step=learner.step, verbose=verbose)
 
 
+def probe_problem(config: ExperimentConfig, source) -> Optional[str]:
+    """Why pretraining on `source` cannot train the online linear probe, if
+    it cannot: no labels, or not num_classes classes."""
+    if not (source.labels >= 0).any():
+        return "the training images have no labels"
+    if config.model.num_classes and source.num_classes not in (0, config.model.num_classes):
+        return (f"the training images have {source.num_classes} classes, not "
+                f"num_classes={config.model.num_classes}")
+    return None
+
+
+@contextlib.contextmanager
+def stopped_by_bad_images(skip_log):
+    """Turns the input pipeline's stop on too many undecodable images in a
+    row into a DataError naming them."""
+    try:
+        yield
+    except tf.errors.OpError as error:
+        stop = skips.stop_error(error, skip_log)
+        if stop is None:
+            raise
+        raise stop from None
+
+
 def _image_summaries(summary_dir, config, source, indices, mode, count=4):
+    count = min(count, len(indices))  # a labelled subset may hold fewer
     batch = next(iter(build_from_config(config.data, source, mode, count,
-                                        indices[: max(count, 1) * 4])))
+                                        indices[: count * 4])))
     writer = tf.summary.create_file_writer(summary_dir)
     with writer.as_default():
         for key in ("view1", "view2", "image"):
@@ -255,19 +256,19 @@ def run(config: ExperimentConfig, run_config: RunConfig, verbose: bool = True,
         raise RunError(f"train_batch_size {config.train.train_batch_size} is not "
                        f"divisible by the {replicas} replicas: use a multiple of "
                        f"{replicas}")
-    data = None
-    if mode is not None:  # every data error surfaces before anything is written
-        data = prepare_data(config, run_config, mode, write=False)
-        supervised_classes(config, data[0])
-        schedule_steps(config, len(data[1]))
-        if (mode == "pretrain" and config.train.lineareval_while_pretraining
-                and not (np.asarray(data[0].labels) >= 0).any()):
+    chief = is_chief(strategy)
+    started = time.time()
+    store = index_store(config, run_config, chief, lambda m: say(verbose, m))
+    data = prepare_data(config, run_config, store)  # data errors before any write
+    if mode is not None:
+        schedule_steps(config, len(data.indices))
+        if mode != "pretrain":
+            supervised_classes(config, data.train)
+        elif config.train.lineareval_while_pretraining and probe_problem(config, data.train):
             config = config.override(**{"train.lineareval_while_pretraining": False})
-            say(verbose, "the training images have no labels: no online linear probe "
+            say(verbose, f"{probe_problem(config, data.train)}: no online linear probe "
                           "(lineareval_while_pretraining off for this run)")
-    if run_config.mode in ("eval", "train_then_eval"):  # before training, not after
-        make_source(config.data, run_config.eval_split or config.data.eval_split,
-                    labelled=True)
+    say(verbose, f"data ready in {time.time() - started:.1f}s")
     changes = changed_settings(config, run_config)
     tf_keras.mixed_precision.set_global_policy(config.train.precision)
     if run_config.mode == "eval":
@@ -278,20 +279,20 @@ def run(config: ExperimentConfig, run_config: RunConfig, verbose: bool = True,
             run_config, train_mode=trained_mode(source_dir, run_config.train_mode))
     try:
         tf.io.gfile.makedirs(run_config.model_dir)
-        if is_chief(strategy) and run_config.mode != "eval":
+        if chief and run_config.mode != "eval":
             write_record(run_config.model_dir, config, dataclasses.asdict(run_config),
                          " ".join(sys.argv), changes)
+        if chief:
+            store.flush()
+            if data.labelled is not None:  # the labelled subset's ids
+                write_ids(path(run_config.model_dir, SUBSET_FILE), data.train, data.labelled)
+        data = data.recording_skips(run_config.model_dir)
         learner, result = None, None
         if mode is not None:
-            if mode == "distill" and config.train.distill_alpha > 0:
-                prepare_data(config, run_config, mode, write=True)  # writes the ids
-            elif mode in ("finetune", "linear_eval"):  # the labelled subset's ids
-                labelled_subset(data[0], config.data.label_fraction,
-                                config.data.label_ids_file, seed=config.data.seed,
-                                write_to=path(run_config.model_dir, SUBSET_FILE))
             learner = train(config, run_config, strategy, mode, verbose, data=data)
         if run_config.mode in ("eval", "train_then_eval"):
-            result = evaluate(config, run_config, strategy, learner, verbose)
+            result = evaluate(config, run_config, strategy, learner, verbose,
+                              source=data.eval, skipped=data.skipped)
         export = None
         if learner is not None and config.export.export_at_end:
             export = export_at_end(config, run_config, strategy, learner, verbose)

@@ -47,8 +47,9 @@ class SimCLRTrainer(orbit.StandardTrainer):
                       "queue_own_images")
 
     def __init__(self, learner: Learner, strategy, dataset, total_steps: int,
-                 global_batch: int, verbose: bool = True):
+                 global_batch: int, verbose: bool = True, skip_log=None):
         self.learner = learner
+        self.skip_log = skip_log  # images that failed to decode (data/skips.py)
         self.strategy = strategy
         self.total_steps = total_steps
         self.global_batch = global_batch
@@ -88,6 +89,9 @@ class SimCLRTrainer(orbit.StandardTrainer):
         steps = step - self._loop_step
         results["images_per_second"] = steps * self.global_batch / elapsed
         results["weight_decay"] = self.learner.config.train.weight_decay
+        if self.skip_log is not None:
+            self.skip_log.update()  # tells of each new one
+            results["skipped_images"] = self.skip_log.count
         rate = (step - self._run_start_step) / max(time.time() - self._run_start, 1e-9)
         eta = (self.total_steps - step) / rate if rate > 0 else 0.0
         if self.verbose:
@@ -98,9 +102,11 @@ class SimCLRTrainer(orbit.StandardTrainer):
                                       "sup_loss", "sup_acc", "distill_loss",
                                       "teacher_agreement", "learning_rate")
                              if k in results)
+            skipped = results.get("skipped_images", 0)
             print(f"step {step}/{self.total_steps} {shown} | "
                   f"{results['images_per_second']:.1f} img/s | ETA "
-                  f"{format_time(eta)}", flush=True)
+                  f"{format_time(eta)}" + (f" | {skipped} bad images skipped" if skipped
+                                           else ""), flush=True)
             if "cos_queue" in results:
                 print("  memory: " + " ".join(f"{k} {results[k]:.3g}" for k in
                                              self.MEMORY_METRICS if k in results),

@@ -12,8 +12,7 @@ from typing import Dict, List
 import tensorflow as tf
 
 from simclr_tf2.configs.schema import ExperimentConfig, check
-from simclr_tf2.data.sources import DataError
-from simclr_tf2.errors import RunError
+from simclr_tf2.errors import DataError, RunError
 from simclr_tf2.export.official import is_savedmodel_dir
 from simclr_tf2.rundir import has_checkpoint, read_record, resolve_checkpoint, trained_mode
 from simclr_tf2.training.run_config import RunConfig
@@ -25,7 +24,8 @@ log = logging.getLogger("simclr_tf2.train")
 HOUSEKEEPING = {
     "train": {"steps_per_loop", "summary_interval", "checkpoint_interval",
               "checkpoint_epochs", "keep_checkpoint_max", "eval_batch_size", "eval_steps"},
-    "data": {"data_dir", "eval_split", "cache", "tfds_download", "verify_images"},
+    "data": {"data_dir", "index_dir", "eval_split", "cache", "tfds_download",
+             "verify_images"},
     "monitor": "*", "export": "*",
 }
 
