@@ -303,18 +303,17 @@ def test_one_real_stage_trains_on_its_labelled_subset(tmp_path):
 def test_input_pipeline_benchmark_compares_with_a_baseline_revision_in_one_run():
     """bench/input_pipeline.py --baseline: both revisions measured, the ratios
     are those of its own rows, and the temporary worktree is removed."""
+    cases = ["224px_from_500x375_jpeg", "32px_digits"]  # of 4: the test's cost
     result = subprocess.run([sys.executable, os.path.join(BENCH, "input_pipeline.py"),
                              "--images", "32", "--seconds", "0.5", "--baseline", "HEAD",
-                             "--rounds", "1"],
+                             "--rounds", "1", "--cases", ",".join(cases)],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout[result.stdout.index("{\n"):])
     head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                           capture_output=True, text=True, check=True).stdout.strip()
     assert report["baseline"] == head
-    assert [case["case"] for case in report["cases"]] == [
-        "224px_from_500x375_jpeg", "224px_from_256px_jpeg", "224px_from_1000x750_jpeg",
-        "32px_digits"]
+    assert [case["case"] for case in report["cases"]] == cases
     for case in report["cases"]:
         for key in ("library_images_per_s", "naive_images_per_s", "baseline_images_per_s",
                     "library_cpu_ms_per_image", "naive_cpu_ms_per_image",
@@ -332,9 +331,31 @@ def test_input_pipeline_benchmark_compares_with_a_baseline_revision_in_one_run()
     assert headline["pretrain_no_xla_cpu_ms_per_image"] > 0
     assert headline["pretrain_no_xla_first_batch_s"] > 0
     assert "pretrain_no_xla_cpu_ms_per_image" not in report["cases"][1]
+    assert "pretrain_whole_decode_cpu_ms_per_image" not in report["cases"][1]  # digits
     worktrees = subprocess.run(["git", "-C", ROOT, "worktree", "list"], capture_output=True,
                                text=True, check=True).stdout
     assert "baseline" not in worktrees
+
+
+@pytest.mark.slow
+def test_data_scale_benchmark_fits_generates_and_times_a_run_with_its_calls(tmp_path):
+    """bench/data_scale.py's pieces: the line fit, the generated folder, and
+    one measured run (the whole benchmark: RESULTS.md)."""
+    import data_scale
+    a, b = data_scale.fit([1000, 5000], [2.5 + 1000 * 3e-6, 2.5 + 5000 * 3e-6])
+    assert a == pytest.approx(2.5) and b == pytest.approx(3.0)
+    root = data_scale.generate(str(tmp_path / "folder"), 150, val=20)
+    train = os.path.join(root, "train")
+    assert len(os.listdir(train)) == data_scale.CLASSES
+    assert sum(len(files) for _, _, files in os.walk(train)) == 150
+    first = data_scale.run_child(data_scale.ROOT, data_scale.COMMON + [
+        "--dataset=folder", f"--data_dir={root}", f"--model_dir={tmp_path / 'run'}",
+        "--train_steps=1"])
+    assert first["status"] == 0 and 0 < first["startup_s"] < first["first_step_at_s"]
+    assert first["build_s"] > 0 and first["trace_s"] > 0
+    # 100 class folders listed in each split, no image file opened
+    assert 200 <= first["calls"]["scandir"] <= 210
+    assert first["calls"].get("BufferedInputStream", 0) < 20
 
 
 def test_train_step_benchmark_times_backbone_and_both_batch_norms(capsys, monkeypatch):

@@ -12,9 +12,9 @@ from PIL import Image
 from conftest import mirrored_strategy
 from simclr_tf2.configs.schema import DataConfig
 from simclr_tf2.data import (DataError, build_dataset, builtin_source, distribute,
-                             folder_source, labelled_subset, make_source,
-                             scan_image_folder, stratified_subset, subset_from_ids,
-                             tfds_source)
+                             folder_source, labelled_subset, list_folder, make_source,
+                             stratified_subset, subset_from_ids, tfds_source, verify_files)
+from simclr_tf2.data.listing import labelled_view
 
 
 def _save(path, array, mode=None, fmt=None):
@@ -48,17 +48,30 @@ def messy_folder(tmp_path):
     return root
 
 
-def test_folder_handles_formats_and_skips_bad_files_with_a_log_line(messy_folder, caplog):
-    with caplog.at_level(logging.WARNING, logger="simclr_tf2.data"):
-        paths, labels, classes, skipped = scan_image_folder(str(messy_folder), True)
+def _scan(root, labelled=True):
+    """(paths, labels, classes, skipped) of a folder read as class folders."""
+    paths, labels, classes, skipped = labelled_view(list_folder(root), labelled)
+    return paths, list(labels), classes, skipped
+
+
+def test_folder_handles_formats_lists_without_decoding_and_verifies_on_request(
+        messy_folder, caplog):
+    paths, labels, classes, skipped = _scan(str(messy_folder))
     assert classes == ["cat", "dog"]
-    assert sorted(paths) == sorted([
-        "cat/good.jpg", "cat/grey.png", "cat/rgba.png", "cat/deep16.png", "cat/tiny.png",
-        os.path.join("cat", "nested", "deeper.bmp"), "dog/good.png", "dog/anim.gif"])
-    assert sorted(skipped) == ["dog/fake.jpg", "dog/notes.txt", "dog/truncated.jpg"]
-    assert "cannot be decoded" in skipped["dog/truncated.jpg"]
-    assert "skipped 3 file(s)" in caplog.text
-    source = folder_source(str(messy_folder), "train", labelled=True)
+    good = ["cat/deep16.png", "cat/good.jpg", "cat/grey.png", "cat/nested/deeper.bmp",
+            "cat/rgba.png", "cat/tiny.png", "dog/anim.gif", "dog/good.png"]
+    # Listing reads no file: image names are listed, other names are left out.
+    assert paths == sorted(good[:6]) + ["dog/anim.gif", "dog/fake.jpg", "dog/good.png",
+                                        "dog/truncated.jpg"]
+    assert labels == [0] * 6 + [1] * 4
+    assert skipped == {"dog/notes.txt": "not an image file name"}
+    verified = verify_files(list_folder(str(messy_folder)))
+    assert verified.paths == good and verified.verified
+    assert sorted(verified.skipped) == ["dog/fake.jpg", "dog/notes.txt", "dog/truncated.jpg"]
+    assert "cannot be decoded" in verified.skipped["dog/truncated.jpg"]
+    with caplog.at_level(logging.WARNING, logger="simclr_tf2.data"):
+        source = folder_source(str(messy_folder), "train", labelled=True, verify=True)
+    assert "left out 3 file(s)" in caplog.text
     assert source.num_classes == 2 and len(source) == 8
     examples = {source.ids[int(x["index"])]: x for x in source.dataset()}
     for path, example in examples.items():
@@ -76,16 +89,17 @@ def test_folder_handles_formats_and_skips_bad_files_with_a_log_line(messy_folder
 
 def test_folder_errors_name_the_problem(tmp_path, messy_folder):
     with pytest.raises(DataError, match="does not exist"):
-        scan_image_folder(str(tmp_path / "missing"), True)
+        list_folder(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        list_folder(str(tmp_path / "empty"))
+    _save(str(tmp_path / "flat" / "a.png"), _rgb())
     with pytest.raises(DataError, match="no class sub-folders"):
-        scan_image_folder(str(tmp_path / "empty"), True)
-    with pytest.raises(DataError, match="no readable images"):
-        scan_image_folder(str(tmp_path / "empty"), False)
+        _scan(str(tmp_path / "flat"))
     (messy_folder / "zebra").mkdir()
     (messy_folder / "zebra" / "readme.txt").write_text("x")
     with pytest.raises(DataError, match=r"\['zebra'\].*add images or remove"):
-        scan_image_folder(str(messy_folder), True)
+        _scan(str(messy_folder))
 
 
 def test_unlabeled_folder_tree_and_split_subfolder(tmp_path):
@@ -259,12 +273,18 @@ def test_a_folder_on_another_filesystem_reads_exactly_like_on_local_disk(messy_f
     remote = "ram://test_data_pipeline/images"
     _copy_tree(messy_folder, remote)
     try:
-        assert scan_image_folder(remote, True) == scan_image_folder(str(messy_folder), True)
-        assert scan_image_folder(remote, False) == scan_image_folder(str(messy_folder), False)
-        local, far = (folder_source(r, "train", labelled=True)
+        assert _scan(remote, True) == _scan(str(messy_folder), True)
+        assert _scan(remote, False) == _scan(str(messy_folder), False)
+        far_listing = list_folder(remote)
+        assert far_listing.directories is None  # buckets have no directory times
+        assert verify_files(far_listing).paths == verify_files(
+            list_folder(str(messy_folder))).paths
+        local, far = (folder_source(r, "train", labelled=True, verify=True)
                       for r in (str(messy_folder), remote))
         assert list(far.ids) == list(local.ids) and (far.labels == local.labels).all()
-        for a, b in zip(local.dataset(), far.dataset()):
+        pairs = list(zip(local.dataset(), far.dataset()))
+        assert len(pairs) == len(local) == 8
+        for a, b in pairs:
             np.testing.assert_array_equal(a["image"], b["image"])
         tf.io.gfile.makedirs("ram://test_data_pipeline/ids")
         ids_file = "ram://test_data_pipeline/ids/ids.txt"
@@ -273,6 +293,6 @@ def test_a_folder_on_another_filesystem_reads_exactly_like_on_local_disk(messy_f
         assert list(subset_from_ids(far, ids_file)) == [local.ids.tolist().index(
             "cat/good.jpg"), local.ids.tolist().index("dog/good.png")]
         with pytest.raises(DataError, match="does not exist"):
-            scan_image_folder(remote + "/missing", True)
+            list_folder(remote + "/missing")
     finally:
         tf.io.gfile.rmtree("ram://test_data_pipeline")

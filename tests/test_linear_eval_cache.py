@@ -101,8 +101,9 @@ def test_frozen_features_are_the_networks_finetune_input_on_each_training_view()
     source = make_source(config.data, config.data.train_split, labelled=True)
     indices = np.array([3, 50, 7, 400, 11])
     learner = Learner(config, "linear_eval", total_steps=1)
-    table = frozen_features(learner, config, source, indices, verbose=False)
+    table, kept = frozen_features(learner, config, source, indices, verbose=False)
     assert table.shape == (len(source), 128)
+    np.testing.assert_array_equal(kept, indices)  # every image decoded
     images = tf.stack([augment.finetune_view(source.load(i), tf.constant([9, 9], tf.int64),
                                              config.data.image_size, 1.0, flip=False)
                        for i in indices])
