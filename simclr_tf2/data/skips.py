@@ -3,22 +3,24 @@ counted exactly and named, and the run goes on.
 
 Checking 1.28 million files before training costs a full decode of each
 (about 1 ms, 20+ minutes per start), so files are not checked up front by
-default. Instead the decode runs in a parallel map followed by
-`ignore_errors`: an example whose image does not decode drops out, and a
-training batch fills from the next examples (an evaluation pass gets a
-padding example, label -1, in its place, so every replica still gets the
-same number of batches). To know exactly which examples dropped out, each
-element carries its position in the stream and the indices of the
-`MAX_CONSECUTIVE` examples before it; a scan after the drop sees the gap in
-the positions and writes one empty marker file per dropped example,
-`<directory>/<index>`. Markers are shared by every worker, survive restarts
-and count each bad file once. The host reads them (one listing per report)
-and names each file with its reason.
+default. Instead each example is transformed (read, decoded, augmented) in a
+one-element dataset of its own with `ignore_errors`, followed by a stand-in
+flagged as failed; the first of the two is kept. The error handling covers
+that transform only, so a corrupt TFRecord file or a bug upstream still
+stops the run, and every input gives exactly one output, so the parallel
+interleave keeps the order. A failed example is dropped (a training batch
+fills from the next examples) or, in an evaluation pass, replaced by a
+padding example with label -1 (every replica still gets the same number of
+batches), and one empty marker file is written for it,
+`<directory>/<index>`: shared by every worker, kept across restarts, one
+per bad file however often it is met. The host reads the markers (one
+listing per report) and names each file with its reason.
 
 Examples marked before a run starts are left out of its stream before the
 resume position is found, so a resumed run reads the same examples as an
-uninterrupted one. More than `MAX_CONSECUTIVE` failures in a row stop the
-run: then the data or the data settings are wrong, not a few files.
+uninterrupted one (which met them and dropped them). More than
+`MAX_CONSECUTIVE` failures in a row stop the run: then the data or the data
+settings are wrong, not a few files.
 """
 import logging
 import sys
@@ -126,14 +128,14 @@ def guarded_map(ds: tf.data.Dataset, transform: Callable, index_of: Callable,
     directory = skip_log.directory if skip_log is not None else None
     if directory is not None:
         tf.io.gfile.makedirs(directory)
-    out_spec = ds.map(transform).element_spec  # traced, not run
-    failed = tf.nest.map_structure(_zeros, out_spec)
 
     def attempt(counter, x):
         index = tf.cast(index_of(x), tf.int64)
         done = tf.data.Dataset.from_tensors((counter, x)).map(
-            lambda c, y: (index, transform(c, y), True)).ignore_errors()
-        return done.concatenate(tf.data.Dataset.from_tensors((index, failed, False))).take(1)
+            lambda c, y: (index, transform(c, y), True))
+        failed = tf.nest.map_structure(_zeros, done.element_spec[1])  # traced once
+        return done.ignore_errors().concatenate(
+            tf.data.Dataset.from_tensors((index, failed, False))).take(1)
 
     def guard(run, element):
         index, out, ok = element
@@ -152,6 +154,7 @@ def guarded_map(ds: tf.data.Dataset, transform: Callable, index_of: Callable,
 
     ds = ds.interleave(attempt, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=True)
+    out_spec = ds.element_spec[1]
     ds = ds.scan(tf.constant(0, tf.int64), guard)
     if pad is None:
         def output(out, ok):
