@@ -176,7 +176,8 @@ def _child(code_root, folders, seconds, naive):
     """measure() in a fresh process that imports simclr_tf2 from code_root."""
     env = dict(os.environ, PYTHONPATH=code_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     command = [sys.executable, os.path.abspath(__file__), "--_child", json.dumps(folders),
-               "--seconds", str(seconds)] + (["--_naive"] if naive else [])
+               "--seconds", str(seconds), "--cases", ",".join(c[0] for c in CASES)] + (
+                   ["--_naive"] if naive else [])
     done = subprocess.run(command, env=env, cwd=code_root, stdout=subprocess.PIPE, check=True,
                           text=True)
     return json.loads(done.stdout)
@@ -219,9 +220,12 @@ def main():
     parser.add_argument("--baseline", help="git revision to measure in the same run")
     parser.add_argument("--rounds", type=int, default=2,
                         help="with --baseline: measurements of each, alternating")
+    parser.add_argument("--cases", default=",".join(c[0] for c in CASES),
+                        help="which cases (comma-separated names)")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     parser.add_argument("--_naive", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    CASES[:] = [case for case in CASES if case[0] in args.cases.split(",")]
     if args._child:
         print(json.dumps(measure(json.loads(args._child), args.seconds, args._naive)))
         return
