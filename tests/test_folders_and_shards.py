@@ -307,6 +307,12 @@ def test_folder_and_its_shards_give_the_same_examples(tmp_path, where):
         assert sorted(views["folder"]) == sorted(views["shards"]) and len(views["folder"]) == 20
         for i, image in views["folder"].items():
             np.testing.assert_array_equal(image, views["shards"][i])
+        # Training from the shards drops the bad image where it meets it.
+        run = _skipping(shards, f"{base}/skipped_training")
+        seen = np.concatenate([b["index"].numpy() for _, b in zip(
+            range(4), build_dataset(run, "pretrain", 8, 16, shuffle_buffer=4))])
+        assert len(seen) == 32 and "n0001/n0001_2.JPEG" not in shards.ids[seen]
+        assert list(run.skip_log.as_dict()) == ["n0001/n0001_2.JPEG"]
         # Rerunning resumes: only a missing shard is written again.
         tf.io.gfile.remove(f"{out}/{made['files'][2]}")
         again = write_shards(root, "train", out, images_per_shard=5,

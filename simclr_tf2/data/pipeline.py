@@ -7,7 +7,7 @@ TPU); the last eval batch is padded to full size with label -1 and index -1
 with static shapes too.
 """
 import functools
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -128,8 +128,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     # failed decode happens inside the guarded map (skips.py).
     encoded = not cache and source.has_encoded and (training or source.load is None)
     xla = xla_augment and image_size >= augment.XLA_MIN_SIZE
-    view = _view_fn(mode, image_size, color_strength, blur, crop_area_min, flip, xla,
-                    encoded)
+    read_view, finish_view = _view_fns(mode, image_size, color_strength, blur,
+                                       crop_area_min, flip, xla, encoded)
     replicas_here = 1
     if input_context is not None:
         replicas_here = max(input_context.num_replicas_in_sync
@@ -151,11 +151,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
         def index_of(index):
             return index
 
-        def transform(counter, index):
-            out = view(load(index), tf.stack([base, counter]))
-            out.update(label=tf.gather(labels, index), index=index)
-            out.update({k: tf.gather(v, index) for k, v in extra_tensors.items()})
-            return out
+        def read(index):
+            return load(index)
     else:
         ds = (source.encoded_dataset(indices, seed if training else None) if encoded
               else source.dataset(indices))
@@ -169,12 +166,16 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
         def index_of(example):
             return example["index"]
 
-        def transform(counter, example):
-            out = view(example[key], tf.stack([base, counter]))
-            # Labels from source.labels, which may mask some (-1): distillation.
-            out.update(label=tf.gather(labels, example["index"]), index=example["index"])
-            out.update({k: tf.gather(v, example["index"]) for k, v in extra_tensors.items()})
-            return out
+        def read(example):
+            return example[key]
+
+    def finish(counter, index, decoded):
+        out = finish_view(decoded, tf.stack([base, counter]))
+        # Labels from source.labels, which may mask some (-1): distillation.
+        out.update(label=tf.gather(labels, index), index=index)
+        out.update({k: tf.gather(v, index) for k, v in extra_tensors.items()})
+        return out
+
     if repeat:
         ds = ds.repeat()
     ds = ds.enumerate()
@@ -186,11 +187,29 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
         ds = ds.filter(lambda counter, x: tf.logical_not(tf.gather(known_bad, index_of(x))))
     # Resuming skips indices (random access) or reads and drops examples.
     ds = ds.skip(skip)
-    if source.robust:  # images that fail to decode are skipped and recorded
-        ds = skips.guarded_map(ds, transform, index_of, source.skip_log,
-                               pad=None if repeat else _padding_like)
-    else:
-        ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def transform(counter, x):
+        view_seed = tf.stack([base, counter])
+        return finish(counter, index_of(x), read_view(read(x), view_seed))
+
+    if not source.robust:
+        ds = ds.map(transform, **parallel)
+    else:  # images that fail to decode are skipped and recorded (skips.py)
+        def decoded(counter, x):  # the part of the views that reads the image
+            return {"counter": counter, "index": tf.cast(index_of(x), tf.int64),
+                    "decoded": _stacked(read_view(read(x), tf.stack([base, counter])))}
+
+        def finished(e, ok=None):
+            out = finish(e["counter"], e["index"], _unstacked(e["decoded"], mode))
+            if ok is None:
+                return out
+            return tf.cond(ok, lambda: out, lambda: _padding_like(out))
+        in_place = repeat and source.load is not None  # a stream of shuffled indices
+        ds = skips.guarded_map(ds, decoded, index_of, source.skip_log,
+                               keep_failed=not repeat,
+                               out_zeros=_decoded_zeros(mode, image_size) if in_place else None)
+        ds = ds.map(finished, **parallel)
     ds = ds.batch(local_batch, drop_remainder=drop_remainder)
     if not training:
         ds = ds.map(functools.partial(_pad_batch, batch_size=local_batch))
@@ -207,10 +226,28 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _view_fn(mode: str, image_size: int, color_strength: float, blur: bool,
-             crop_area_min: float, flip: bool, xla: bool = False, encoded: bool = False
-             ) -> Callable[[tf.Tensor, tf.Tensor], dict]:
-    """(image or encoded file, seed) -> the element's views."""
+def _decoded_zeros(mode: str, image_size: int) -> Dict[str, tf.Tensor]:
+    """Zeros shaped like the reading part of one element (`decoded`)."""
+    shape = [image_size, image_size, 3]
+    return {"counter": tf.constant(0, tf.int64), "index": tf.constant(0, tf.int64),
+            "decoded": tf.zeros([2] + shape if mode == "pretrain" else shape)}
+
+
+def _stacked(decoded):
+    return tf.stack(decoded) if isinstance(decoded, list) else decoded
+
+
+def _unstacked(decoded, mode):
+    return tf.unstack(decoded) if mode == "pretrain" else decoded
+
+
+def _view_fns(mode: str, image_size: int, color_strength: float, blur: bool,
+              crop_area_min: float, flip: bool, xla: bool = False, encoded: bool = False
+              ) -> Tuple[Callable, Callable]:
+    """(read_view, finish_view): read_view(image or encoded file, seed) is
+    the part of the views that reads the image (the crops, or the eval view),
+    the part that fails on a bad file; finish_view(that, seed) -> the
+    element's views {'view1', 'view2'} or {'image'}."""
     def crops(image, seed_list, window_fn):
         """The crop of each seed's window, resized to image_size."""
         if encoded:
@@ -220,25 +257,29 @@ def _view_fn(mode: str, image_size: int, color_strength: float, blur: bool,
                                         image_size) for s in seed_list]
 
     if mode == "pretrain":
-        def views(image, seed):
+        def pair(image, seed):
+            return crops(image, augment.split_seed(seed, 2), augment.pretrain_window)
+
+        def views(pair_of_crops, seed):
             seeds = augment.split_seed(seed, 2)
-            pair = augment.pretrain_views_of_crops(
-                crops(image, seeds, augment.pretrain_window), seeds, image_size,
-                color_strength, blur, flip, xla)
-            return {"view1": pair[0], "view2": pair[1]}
-        return views
+            pair_of_views = augment.pretrain_views_of_crops(
+                list(pair_of_crops), seeds, image_size, color_strength, blur, flip, xla)
+            return {"view1": pair_of_views[0], "view2": pair_of_views[1]}
+        return pair, views
     if mode == "finetune":
-        def finetune(image, seed):
-            crop = crops(image, [seed], augment.finetune_window)[0]
-            return {"image": augment.finetune_view_of_crop(crop, seed, image_size, flip)}
-        return finetune
-    crop = augment.use_eval_crop(image_size)
+        def crop(image, seed):
+            return crops(image, [seed], augment.finetune_window)[0]
+
+        def finetune(one_crop, seed):
+            return {"image": augment.finetune_view_of_crop(one_crop, seed, image_size, flip)}
+        return crop, finetune
+    eval_crop = augment.use_eval_crop(image_size)
 
     def evaluation(image, seed):
         if encoded:
             image = decode.decode_image_data(image)
-        return {"image": augment.eval_view(image, image_size, crop)}
-    return evaluation
+        return augment.eval_view(image, image_size, eval_crop)
+    return evaluation, lambda image, seed: {"image": image}
 
 
 def build_from_config(config: DataConfig, source: Source, mode: str, batch_size: int,

@@ -3,24 +3,33 @@ counted exactly and named, and the run goes on.
 
 Checking 1.28 million files before training costs a full decode of each
 (about 1 ms, 20+ minutes per start), so files are not checked up front by
-default. Instead each example is transformed (read, decoded, augmented) in a
-one-element dataset of its own with `ignore_errors`, followed by a stand-in
-flagged as failed; the first of the two is kept. The error handling covers
-that transform only, so a corrupt TFRecord file or a bug upstream still
-stops the run, and every input gives exactly one output, so the parallel
-interleave keeps the order. A failed example is dropped (a training batch
-fills from the next examples) or, in an evaluation pass, replaced by a
-padding example with label -1 (every replica still gets the same number of
-batches), and one empty marker file is written for it,
-`<directory>/<index>`: shared by every worker, kept across restarts, one
-per bad file however often it is met. The host reads the markers (one
-listing per report) and names each file with its reason.
+default. Instead the part of the pipeline that reads and decodes an image
+runs so that its failure drops that example only, in one of two ways:
 
-Examples marked before a run starts are left out of its stream before the
-resume position is found, so a resumed run reads the same examples as an
-uninterrupted one (which met them and dropped them). More than
-`MAX_CONSECUTIVE` failures in a row stop the run: then the data or the data
-settings are wrong, not a few files.
+- training over shuffled indices (image folders): a parallel map followed
+  by `ignore_errors`, nearly free. Each element carries its position in the
+  stream and the indices of the `MAX_CONSECUTIVE` examples before it, so a
+  scan after the drop sees which examples are missing. `ignore_errors` would
+  hide an error of anything before the map too, so this is used only where
+  that is a stream of indices, which cannot fail.
+- everything else (TFRecord shards and tfds, whose reading comes before;
+  evaluation passes): each example is decoded in a one-element dataset of
+  its own whose `ignore_errors` covers that decode only, then a stand-in
+  flagged as failed; the first of the two is kept, so every input gives one
+  output in order (a corrupt TFRecord file still stops the run). This costs
+  about 0.3 ms of CPU per example (bench/RESULTS.md, "Data at scale").
+
+A failed example is dropped (a training batch fills from the next examples)
+or, in an evaluation pass, replaced by a padding example with label -1
+(every replica still gets the same number of batches), and one empty
+marker file is written for it, `<directory>/<index>`: shared by every
+worker, kept across restarts, one per bad file however often it is met. The
+host reads the markers (one listing per report) and names each file with
+its reason. Examples marked before a run starts are left out of its stream
+before the resume position is found, so a resumed run reads the same
+examples as an uninterrupted one (which met them and dropped them). More
+than `MAX_CONSECUTIVE` failures in a row stop the run: then the data or the
+data settings are wrong, not a few files.
 """
 import logging
 import sys
@@ -112,23 +121,82 @@ def _zeros(spec):
     return tf.zeros(shape, spec.dtype)
 
 
-def guarded_map(ds: tf.data.Dataset, transform: Callable, index_of: Callable,
-                skip_log: Optional[SkipLog], pad: Optional[Callable] = None
-                ) -> tf.data.Dataset:
-    """`ds.map(transform)` over elements (counter, x), in parallel and in
-    order, where an element whose transform fails is dropped and recorded
-    in `skip_log` (`index_of(x)`: its source index); with `pad` (finite
-    streams: evaluation) it is replaced by `pad(output structure)` instead.
+def _stopped_after(run: tf.Tensor) -> tf.Tensor:
+    """`run` (failures in a row so far), asserted to be at most MAX_CONSECUTIVE."""
+    check = tf.debugging.assert_less_equal(
+        run, tf.constant(MAX_CONSECUTIVE, tf.int64),
+        message=f"{STOP_MESSAGE} (more than {MAX_CONSECUTIVE})")
+    with tf.control_dependencies([check]):
+        return tf.identity(run)
 
-    Each element is transformed in a one-element dataset of its own whose
-    `ignore_errors` covers that transform only (an error upstream, such as a
-    corrupt TFRecord file, still stops the run), followed by a stand-in
-    flagged as failed; the first of the two is kept, so every input gives
-    exactly one output and the interleave keeps the order."""
-    directory = skip_log.directory if skip_log is not None else None
-    if directory is not None:
-        tf.io.gfile.makedirs(directory)
 
+def _record_all(directory: Optional[str], indices: tf.Tensor) -> tf.Tensor:
+    """Writes the markers of `indices` (a loop that runs only for a gap)."""
+    def body(i):
+        _record(directory, indices[i])
+        return i + 1
+    return tf.while_loop(lambda i: i < tf.shape(indices)[0], body, [tf.constant(0)])[0]
+
+
+def _dropped_in_place(ds, transform, index_of, directory, out_zeros):
+    """A parallel map, then `ignore_errors`; the dropped examples are found
+    from the gaps in the positions each element carries, with the indices of
+    the MAX_CONSECUTIVE examples before it. Every MAX_CONSECUTIVE + 1
+    examples come with a heartbeat (counter -1: no transform, `out_zeros` in
+    its place), so a gap shows even when every example fails. Only for
+    streams whose upstream cannot fail itself (shuffled indices):
+    `ignore_errors` would hide its errors too. The checks run only where
+    there is a gap (an assertion on every element costs about 30 us)."""
+    counter_spec, example_spec = ds.element_spec
+    beat = tf.data.Dataset.from_tensors(
+        (tf.constant(-1, counter_spec.dtype), tf.nest.map_structure(_zeros, example_spec)))
+    pattern = tf.constant([0] * (MAX_CONSECUTIVE + 1) + [1], tf.int64)
+    ds = tf.data.Dataset.choose_from_datasets(
+        [ds, beat.repeat()], tf.data.Dataset.from_tensor_slices(pattern).repeat(),
+        stop_on_empty_dataset=True)
+
+    def remember(state, element):
+        position, recent = state
+        counter, x = element
+        index = tf.where(counter < 0, tf.constant(-1, tf.int64),
+                         tf.cast(index_of(x), tf.int64))
+        return ((position + 1, tf.concat([[index], recent[:-1]], 0)),
+                (position, recent, counter, x))
+
+    def attempt(position, recent, counter, x):
+        beating = counter < 0
+        return position, recent, beating, tf.cond(
+            beating, lambda: out_zeros, lambda: transform(counter, x))
+
+    def gaps(last, element):
+        position, recent, beating, out = element
+        gap = position - last - 1
+
+        def missing():
+            written = _record_all(directory, recent[:tf.minimum(gap, MAX_CONSECUTIVE)])
+            with tf.control_dependencies([written]):
+                return _stopped_after(gap)
+        checked = tf.cond(gap > 0, missing, lambda: gap)
+        with tf.control_dependencies([checked]):
+            return tf.identity(position), (beating, out)
+
+    def real(beating, out):
+        return tf.logical_not(beating)
+
+    def output(beating, out):
+        return out
+
+    start = (tf.constant(0, tf.int64), tf.fill([MAX_CONSECUTIVE], tf.constant(-1, tf.int64)))
+    ds = ds.scan(start, remember).map(attempt, num_parallel_calls=tf.data.AUTOTUNE,
+                                      deterministic=True)
+    ds = ds.ignore_errors().scan(tf.constant(-1, tf.int64), gaps)
+    return ds.filter(real).map(output)
+
+
+def _replaced_in_turn(ds, transform, index_of, directory):
+    """Each example transformed in a one-element dataset of its own (its
+    `ignore_errors` covers that transform only), then a stand-in flagged as
+    failed; the first is kept: (out, ok) in order, one per input."""
     def attempt(counter, x):
         index = tf.cast(index_of(x), tf.int64)
         done = tf.data.Dataset.from_tensors((counter, x)).map(
@@ -146,28 +214,39 @@ def guarded_map(ds: tf.data.Dataset, transform: Callable, index_of: Callable,
             return tf.constant(False)
         recorded = tf.cond(ok, lambda: tf.constant(True), record)
         with tf.control_dependencies([recorded]):
-            check = tf.debugging.assert_less_equal(
-                run, tf.constant(MAX_CONSECUTIVE, tf.int64),
-                message=f"{STOP_MESSAGE} (more than {MAX_CONSECUTIVE})")
-        with tf.control_dependencies([check]):
-            return tf.identity(run), (out, tf.identity(ok))
+            run = _stopped_after(run)
+        return run, (out, tf.identity(ok))
 
     ds = ds.interleave(attempt, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=True)
-    out_spec = ds.element_spec[1]
-    ds = ds.scan(tf.constant(0, tf.int64), guard)
-    if pad is None:
-        def output(out, ok):
-            return out
+    return ds.scan(tf.constant(0, tf.int64), guard)
 
-        def succeeded(out, ok):
-            return ok
-        return ds.filter(succeeded).map(output)
-    filler = pad(out_spec)
 
-    def output_or_padding(out, ok):
-        return tf.cond(ok, lambda: out, lambda: filler)
-    return ds.map(output_or_padding)
+def guarded_map(ds: tf.data.Dataset, transform: Callable, index_of: Callable,
+                skip_log: Optional[SkipLog], keep_failed: bool = False,
+                out_zeros=None) -> tf.data.Dataset:
+    """`ds.map(transform)` over elements (counter, x), in parallel and in
+    order, where an element whose transform fails is recorded in `skip_log`
+    (`index_of(x)`: its source index) and dropped; with `keep_failed`
+    (finite streams: evaluation) the result is (out, ok) and a failed
+    element stays, with ok False and zeros. With `out_zeros` (zeros of the
+    transform's output; for training streams of shuffled indices only) the
+    cheaper way of the module note is used."""
+    directory = skip_log.directory if skip_log is not None else None
+    if directory is not None:
+        tf.io.gfile.makedirs(directory)
+    if out_zeros is not None and not keep_failed:
+        return _dropped_in_place(ds, transform, index_of, directory, out_zeros)
+    ds = _replaced_in_turn(ds, transform, index_of, directory)
+    if keep_failed:
+        return ds
+
+    def output(out, ok):
+        return out
+
+    def succeeded(out, ok):
+        return ok
+    return ds.filter(succeeded).map(output)
 
 
 def stop_error(error: tf.errors.OpError, skip_log: Optional[SkipLog]) -> Optional[DataError]:
