@@ -2,7 +2,7 @@
 images/s, from image folders and from TFRecord shards, at two sizes.
 
     python bench/data_scale.py [--sizes 10000 50000] [--baseline REV]
-                               [--workdir DIR] [--seconds 15]
+                               [--workdir DIR] [--seconds 15] [--repeats 3]
 
 Prints JSON. For each size N it generates an ImageNet-like folder (N JPEGs of
 500x375, quality 90, in 100 class folders under train/, and 1000 under val/;
@@ -21,19 +21,23 @@ step) in a child process per condition:
 
 Each child reports `data_s`, the seconds of the data path before the first
 step: every source built (listing a folder or reading its index, indexing
-shards), the labelled subset chosen, indexes written, and the first batch of
-a new training pipeline over the training source (timed after the run:
-shuffling the N indices, reading and decoding one batch); `startup_s`, from
-the process start to the end of the first training step less the model
-build (Learner construction) and the Python tracing of the training step
-(imports, strategy, the data path, the step's first execution); `calls`,
-the filesystem calls made before the first step (every tf.io.gfile request,
-os.scandir and os.stat, what a bucket would turn into requests; tf.data's own
-reads of image files are not counted) and `data_calls`, those on paths
-under the data directory. For every condition a least-squares line a + b N
-over the sizes gives the per-image cost b (`us_per_image`) and `at_1.28M_s`.
+shards), the labelled subset chosen, indexes written (`sources_s`), and the
+first batch of a new training pipeline over the training source (timed after
+the run: shuffling the N indices, reading and decoding one batch);
+`startup_s`, from the process start to the end of the first training step
+less the model build (Learner construction) and the Python tracing of the
+training step (imports, strategy, the data path, the step's first
+execution); `calls`, the filesystem calls made before the first step (every
+tf.io.gfile request, os.scandir and os.stat, what a bucket would turn into
+requests; tf.data's own reads of image files are not counted) and
+`data_calls`, those on paths under the data directory. For every condition a
+least-squares line a + b N over the sizes gives the per-image cost b
+(`us_per_image`) and `at_1.28M_s`; each condition runs `--repeats` times (a
+first run and its restart each time) and reports the medians (the baseline
+runs once).
 At the largest size the input pipeline's images/s (two 224 px views per
-image, batch 32) is measured from the folder and from the shards.
+image, batch 32) is measured from the folder and from the shards, each with
+and without the guard that skips bad images (its CPU cost as a ratio).
 """
 import argparse
 import json
@@ -186,30 +190,50 @@ def child(code: str, argv, pipeline_sources=None, seconds=15.0):
         "startup_s": round(total - marks.get("build_s", 0.0) - marks.get("trace_s", 0.0), 3),
         "data_s": round(marks.get("data_s", 0.0) + first_batch, 3),
         "first_batch_s": round(first_batch, 3),
+        "sources_s": round(marks.get("data_s", 0.0), 3),
         "calls": marks.get("calls", {}), "data_calls": marks.get("data_calls", {}),
         "tensorflow": tf.__version__}))
 
 
 def pipeline_rates(sources, seconds):
     """Images/s and CPU ms per image of the pretraining input (two 224 px
-    views, batch 32) from each {name: (dataset, data_dir)}."""
+    views, batch 32) from each {name: (dataset, data_dir)}, with the guard
+    that skips bad images and without it (`<name>_unguarded`: the same
+    pipeline with `robust` off), in alternating rounds; `guard_cpu_ratio`
+    is the median over rounds of guarded / unguarded CPU ms per image."""
+    import dataclasses
+    import statistics
     from simclr_tf2.configs.schema import DataConfig
     from simclr_tf2.data import build_dataset, make_source
-    rates = {}
+    variants = {}
     for name, (dataset, data_dir) in sources.items():
         source = make_source(DataConfig(dataset=dataset, data_dir=data_dir), "train",
                              labelled=None)
-        iterator = iter(build_dataset(source, "pretrain", 32, 224, shuffle_buffer=1000))
-        next(iterator)
-        next(iterator)
-        count, began, cpu = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - began < seconds:
+        variants[name] = source
+        variants[f"{name}_unguarded"] = dataclasses.replace(source, robust=False)
+    rates = {variant: [] for variant in variants}
+    cpu_ms = {variant: [] for variant in variants}
+    for _ in range(3):  # a new pipeline per round: nothing prefetched in another's time
+        for variant, source in variants.items():
+            iterator = iter(build_dataset(source, "pretrain", 32, 224, shuffle_buffer=1000))
             next(iterator)
-            count += 32
-        wall = time.perf_counter() - began
-        rates[name] = {"images_per_s": round(count / wall, 1),
-                       "cpu_ms_per_image": round(1000 * (time.process_time() - cpu) / count, 3)}
-    return rates
+            next(iterator)
+            count, began, cpu = 0, time.perf_counter(), time.process_time()
+            while time.perf_counter() - began < seconds / 3:
+                next(iterator)
+                count += 32
+            rates[variant].append(count / (time.perf_counter() - began))
+            cpu_ms[variant].append(1000 * (time.process_time() - cpu) / count)
+            del iterator
+    out = {}
+    for variant in variants:
+        out[variant] = {"images_per_s": round(statistics.median(rates[variant]), 1),
+                        "cpu_ms_per_image": round(statistics.median(cpu_ms[variant]), 3)}
+    for name in sources:
+        ratios = [g / u for g, u in zip(cpu_ms[name], cpu_ms[f"{name}_unguarded"])]
+        out[name]["guard_cpu_ratio"] = round(statistics.median(ratios), 3)
+        out[name]["guard_cpu_ratio_per_round"] = [round(r, 3) for r in ratios]
+    return out
 
 
 def run_child(code, argv=None, sources=None, seconds=15.0):
@@ -225,6 +249,16 @@ def run_child(code, argv=None, sources=None, seconds=15.0):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def median_run(runs):
+    """The last of `runs` with its times replaced by the medians over all."""
+    merged = dict(runs[-1], repeats=len(runs))
+    for key in ("data_s", "startup_s", "first_batch_s", "sources_s", "first_step_at_s",
+                "build_s", "trace_s"):
+        merged[key] = round(float(np.median([r[key] for r in runs])), 3)
+    merged["data_s_each"] = [r["data_s"] for r in runs]
+    return merged
+
+
 def fit(sizes, values):
     """Least-squares a + b N: (a seconds, b microseconds per image)."""
     b, a = np.polyfit(np.asarray(sizes, float), np.asarray(values, float), 1)
@@ -236,6 +270,8 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000])
     parser.add_argument("--baseline", help="git revision to measure in the same run")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "data_scale"))
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per condition (medians; the baseline runs once)")
     parser.add_argument("--seconds", type=float, default=15.0,
                         help="per input pipeline measurement (0: none)")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
@@ -284,11 +320,15 @@ def main():
             row = {"convert": convert}
             for name, code, data_flags in conditions:
                 model_dir = os.path.join(args.workdir, "runs", f"{name}_{n}")
-                shutil.rmtree(model_dir, ignore_errors=True)
                 argv = COMMON + data_flags + [f"--model_dir={model_dir}"]
-                row[f"{name}_first"] = run_child(code, argv + ["--train_steps=1"])
-                row[f"{name}_restart"] = run_child(
-                    code, argv + ["--train_steps=2", "--accept_changed_settings"])
+                runs = {"first": [], "restart": []}
+                for _ in range(1 if name == "baseline" else args.repeats):
+                    shutil.rmtree(model_dir, ignore_errors=True)
+                    runs["first"].append(run_child(code, argv + ["--train_steps=1"]))
+                    runs["restart"].append(run_child(
+                        code, argv + ["--train_steps=2", "--accept_changed_settings"]))
+                for kind, measured in runs.items():
+                    row[f"{name}_{kind}"] = median_run(measured)
                 print(json.dumps({n: {k: (row[k]["data_s"], row[k]["startup_s"]) for k in row
                                       if k.startswith(name)}}), file=sys.stderr, flush=True)
             results["runs"][str(n)] = row
@@ -297,7 +337,7 @@ def main():
             if key == "convert":
                 continue
             fits[key] = {}
-            for measure in ("data_s", "startup_s"):
+            for measure in ("data_s", "sources_s", "startup_s"):
                 values = [results["runs"][str(n)][key][measure] for n in args.sizes]
                 a, b = fit(args.sizes, values)
                 fits[key][measure] = {"intercept_s": round(a, 2), "us_per_image": round(b, 2),
