@@ -248,6 +248,37 @@ def test_tfds_source_reads_a_prepared_dataset(monkeypatch):
         tfds_source("no_such_dataset_xyz", "train", data_dir=None)
 
 
+def test_index_stream_permutes_each_pass_and_skips_without_producing():
+    """Random-access sources: every pass a permutation of the kept indices
+    (a new one per pass), the counter each index's position in the stream of
+    whole passes, and a skip of k the same as the stream from k on."""
+    from simclr_tf2.data.pipeline import _index_stream
+    indices = np.arange(3, 23, dtype=np.int64)  # 20 of a source of 30
+    known = np.zeros(30, bool)
+    known[[4, 17]] = True
+    kept = sorted(set(indices.tolist()) - {4, 17})
+
+    def take(skip, count):
+        stream = _index_stream(indices, seed=5, shuffle=True, repeat=True, known=known,
+                               skip=skip).take(count)
+        return np.array([(int(c), int(i)) for c, i in stream.as_numpy_iterator()])
+    full = take(0, 3 * 18)
+    passes = [full[p * 18:(p + 1) * 18] for p in range(3)]
+    for p, part in enumerate(passes):
+        assert sorted(part[:, 1]) == kept
+        assert (part[:, 0] // 20 == p).all()  # counters of pass p: 20p .. 20p + 19
+        assert len(set(part[:, 0])) == 18
+    assert not np.array_equal(passes[0][:, 1], passes[1][:, 1])
+    # the counters of one pass are the positions in its unfiltered permutation
+    unfiltered = _index_stream(indices, 5, True, True, None, 0).take(20)
+    position = {int(i): int(c) for c, i in unfiltered.as_numpy_iterator()}
+    assert all(position[i] == c for c, i in passes[0])
+    for skip in (7, 18, 41):
+        np.testing.assert_array_equal(take(skip, 10), full[skip:skip + 10])
+    one = _index_stream(indices, 5, False, False, None, 3)  # evaluation order
+    assert [int(i) for _, i in one.as_numpy_iterator()] == list(range(6, 23))
+
+
 @pytest.mark.parametrize("cache", [False, True])
 def test_start_step_resumes_the_exact_batch_stream(cache):
     source = builtin_source("digits", "train", 8)

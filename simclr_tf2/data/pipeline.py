@@ -141,11 +141,11 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
         if len(value) != len(source):
             raise DataError(f"extra {name!r} has {len(value)} rows for {len(source)} "
                             "examples")
-    if source.load is not None and not cache:
-        # Shuffle and skip cheap indices; read and decode only what is used.
-        ds = tf.data.Dataset.from_tensor_slices(indices)
-        if training:
-            ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+    known = skips.known_mask(source.skip_log, len(source)) if repeat else None
+    random_access = source.load is not None and not cache
+    if random_access:
+        # Permute and skip cheap indices; read and decode only what is used.
+        ds = _index_stream(indices, seed, training, repeat, known, skip)
         load = source.load_encoded if encoded else source.load
 
         def index_of(index):
@@ -176,17 +176,17 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
         out.update({k: tf.gather(v, index) for k, v in extra_tensors.items()})
         return out
 
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.enumerate()
-    known = skips.known_mask(source.skip_log, len(source)) if repeat else None
-    if known is not None:
-        # Left out before the resume position is found: a resumed run then
-        # reads what an uninterrupted one did, which dropped them when met.
-        known_bad = tf.constant(known)
-        ds = ds.filter(lambda counter, x: tf.logical_not(tf.gather(known_bad, index_of(x))))
-    # Resuming skips indices (random access) or reads and drops examples.
-    ds = ds.skip(skip)
+    if not random_access:
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.enumerate()
+        if known is not None:
+            # Left out before the resume position is found: a resumed run then
+            # reads what an uninterrupted one did, which dropped them when met.
+            known_bad = tf.constant(known)
+            ds = ds.filter(lambda counter, x: tf.logical_not(tf.gather(known_bad,
+                                                                        index_of(x))))
+        ds = ds.skip(skip)  # resuming reads and drops the examples read before
     parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def transform(counter, x):
@@ -224,6 +224,41 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     options.deterministic = True
     options.experimental_optimization.map_parallelization = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _index_stream(indices: np.ndarray, seed: int, shuffle: bool, repeat: bool,
+                  known: Optional[np.ndarray], skip: int) -> tf.data.Dataset:
+    """(counter, index) in reading order over `indices`: pass p is a
+    permutation seeded by (seed, p) when `shuffle` (one op over all N, not a
+    buffer of N filled element by element), counter its position in the
+    stream of all passes (the augmentation seed: p * N + i). Examples marked
+    in `known` are left out before the first `skip` are: a resumed run then
+    reads what an uninterrupted one did, which dropped them when met. The
+    skip starts at the right pass and offset without producing what it skips
+    (a restart at epoch 90 costs one permutation, not 90 epochs of indices)."""
+    size = len(indices)
+    kept = size if known is None else int(np.count_nonzero(~known[indices]))
+    if kept == 0:
+        raise DataError("every example this pipeline reads has failed to decode before "
+                        "(the run's skipped/ folder): check the data")
+    first, offset = divmod(skip, kept) if repeat else (0, skip)
+    table = tf.constant(indices)
+    bad = tf.constant(known) if known is not None else None
+
+    def one_pass(p):
+        order = table
+        if shuffle:
+            order = tf.random.experimental.stateless_shuffle(
+                table, seed=tf.stack([tf.constant(seed, tf.int64), p]))
+        counters = p * size + tf.range(size, dtype=tf.int64)
+        if bad is not None:
+            good = tf.logical_not(tf.gather(bad, order))
+            order, counters = tf.boolean_mask(order, good), tf.boolean_mask(counters, good)
+        start = tf.where(tf.equal(p, first), tf.constant(offset, tf.int64), 0)
+        return tf.data.Dataset.from_tensor_slices((counters[start:], order[start:]))
+
+    passes = tf.data.Dataset.range(first, np.iinfo(np.int64).max if repeat else 1)
+    return passes.flat_map(one_pass)
 
 
 def _decoded_zeros(mode: str, image_size: int) -> Dict[str, tf.Tensor]:
@@ -319,12 +354,10 @@ def feature_dataset(features: np.ndarray, labels: np.ndarray, indices: np.ndarra
                             // input_context.num_input_pipelines, 1)
     table = tf.constant(np.asarray(features, np.float32))
     labels = tf.constant(np.asarray(labels))
-    ds = tf.data.Dataset.from_tensor_slices(indices)
-    ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.skip(start_step * local_batch * replicas_here).map(
-        lambda index: {"features": tf.gather(table, index),
-                       "label": tf.gather(labels, index), "index": index},
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _index_stream(indices, seed, True, True, None, start_step * local_batch * replicas_here)
+    ds = ds.map(lambda counter, index: {"features": tf.gather(table, index),
+                                        "label": tf.gather(labels, index), "index": index},
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
     return ds.batch(local_batch, drop_remainder=True).with_options(options).prefetch(
