@@ -7,7 +7,7 @@ default. Instead the part of the pipeline that reads and decodes an image
 runs so that its failure drops that example only, in one of two ways:
 
 - training over shuffled indices (image folders): a parallel map followed
-  by `ignore_errors`, nearly free. Each element carries its position in the
+  by `ignore_errors`. Each element carries its position in the
   stream and the indices of the `MAX_CONSECUTIVE` examples before it, so a
   scan after the drop sees which examples are missing. `ignore_errors` would
   hide an error of anything before the map too, so this is used only where
@@ -17,7 +17,8 @@ runs so that its failure drops that example only, in one of two ways:
   its own whose `ignore_errors` covers that decode only, then a stand-in
   flagged as failed; the first of the two is kept, so every input gives one
   output in order (a corrupt TFRecord file still stops the run). This costs
-  about 0.3 ms of CPU per example (bench/RESULTS.md, "Data at scale").
+  about a fifth more CPU for 224 px pretraining views, 1 ms per image; the
+  first way about a tenth (bench/RESULTS.md, "Data at scale").
 
 A failed example is dropped (a training batch fills from the next examples)
 or, in an evaluation pass, replaced by a padding example with label -1
