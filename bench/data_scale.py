@@ -179,7 +179,12 @@ def child(code: str, argv, pipeline_sources=None, seconds=15.0):
     status = run_command(values, argv)
     total = marks.get("first_step_at_s", float("nan"))
     # The first batch of a new training pipeline over the run's training
-    # source (shuffling all N indices, reading and decoding one batch).
+    # source (shuffling all N indices, reading and decoding one batch),
+    # once the run's own pipelines are gone (they read on in the background
+    # until collected, and would share the cores with this one).
+    import gc
+    gc.collect()
+    time.sleep(1.0)
     began = time.time()
     next(iter(data_module.build_dataset(sources[0], "pretrain", 16, 64)))
     first_batch = time.time() - began
