@@ -205,7 +205,9 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
             if ok is None:
                 return out
             return tf.cond(ok, lambda: out, lambda: _padding_like(out))
-        in_place = repeat and source.load is not None  # a stream of shuffled indices
+        # Dropping in place hides errors before the map too: only over a
+        # stream of indices (not a cached stream of decoded images).
+        in_place = repeat and random_access
         ds = skips.guarded_map(ds, decoded, index_of, source.skip_log,
                                keep_failed=not repeat,
                                out_zeros=_decoded_zeros(mode, image_size) if in_place else None)
