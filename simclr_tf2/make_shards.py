@@ -46,14 +46,19 @@ def _example(data: bytes, label: int, example_id: str) -> bytes:
 
 
 def _write_shard(path: str, folder: str, paths: List[str], labels: np.ndarray,
-                 members: np.ndarray, done: Callable[[int], None]) -> None:
+                 members: np.ndarray, done: Callable[[int], None]) -> List[int]:
+    """Writes one shard; returns the lengths of its records."""
     tmp = f"{path}.tmp"
+    lengths = []
     with tf.io.TFRecordWriter(tmp) as writer:
         for i in members:
             with tf.io.gfile.GFile(listing.join(folder, paths[i]), "rb") as f:
-                writer.write(_example(f.read(), int(labels[i]), paths[i]))
+                record = _example(f.read(), int(labels[i]), paths[i])
+            writer.write(record)
+            lengths.append(len(record))
             done(1)
     tf.io.gfile.rename(tmp, path, overwrite=True)
+    return lengths
 
 
 def write_shards(data_dir: str, split: str, output_dir: str, images_per_shard: int = 1024,
@@ -99,15 +104,23 @@ def write_shards(data_dir: str, split: str, output_dir: str, images_per_shard: i
         report(f"{split}: {progress['images']:,}/{total:,} images into shards "
                f"({rate:.0f} images/s, ETA {(total - progress['images']) / rate:.0f}s)")
 
+    chunks: Dict[int, tuple] = {}
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        for future in [pool.submit(_write_shard, os.path.join(output_dir, names[k]),
-                                   folder, paths, labels, members[k], done) for k in todo]:
-            future.result()
+        futures = {k: pool.submit(_write_shard, os.path.join(output_dir, names[k]),
+                                  folder, paths, labels, members[k], done) for k in todo}
+        for k, future in futures.items():
+            chunks[k] = records.chunk_offsets(np.asarray(future.result(), np.int64))
+    earlier = [k for k in range(num_shards) if k not in chunks]  # from a run before
+    if earlier:
+        found = records.file_chunks([os.path.join(output_dir, names[k]) for k in earlier])
+        chunks.update({k: c for k, c in zip(earlier, zip(*found))})
     counts = [len(m) for m in members]
     positions = np.empty(len(paths), np.int64)
     positions[np.concatenate(members)] = np.arange(len(paths))
     write_index(records.index_beside([os.path.join(output_dir, names[0])], split),
-                *records.pack("simclr_tf2", names, counts, labels, paths, positions, classes))
+                *records.pack("simclr_tf2", names, counts, labels, paths, positions, classes,
+                              [chunks[k][0] for k in range(num_shards)],
+                              [chunks[k][1] for k in range(num_shards)]))
     ids_files = []
     for fraction in label_fractions:
         subset = stratified_subset(labels, fraction, label_seed)

@@ -221,33 +221,6 @@ def test_pretrain_pipeline_is_deterministic_when_seeded():
     assert a[0]["view1"].shape == (16, 16, 16, 3)
 
 
-def test_tfds_source_reads_a_prepared_dataset(monkeypatch):
-    import tensorflow_datasets as tfds
-    with tfds.testing.mock_data(num_examples=12,
-                                policy=tfds.testing.MockPolicy.USE_CODE):
-        with pytest.raises(DataError, match="not prepared"):
-            tfds_source("mnist", "train", data_dir=None)
-        monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
-        source = tfds_source("mnist", "train", data_dir=None)
-        assert len(source) == 12 and source.num_classes == 10
-        batch = next(iter(build_dataset(source, "finetune", 4, 16)))
-        assert batch["image"].shape == (4, 16, 16, 3)  # grey converted to RGB
-        # Training reads the stored files undecoded (crops decode what they
-        # use) and gets the views of the decoded images.
-        assert source.has_encoded
-        assert next(iter(source.encoded_dataset()))["encoded"].dtype == tf.string
-        decoded = dataclasses.replace(source, _make_encoded=None)
-        for mode in ("pretrain", "finetune"):
-            a = next(iter(build_dataset(source, mode, 4, 16, seed=1, shuffle_buffer=1)))
-            b = next(iter(build_dataset(decoded, mode, 4, 16, seed=1, shuffle_buffer=1)))
-            for key in a:
-                np.testing.assert_allclose(a[key], b[key], atol=1e-6, err_msg=key)
-        subset = labelled_subset(source, ids_file=None, fraction=1.0)
-        assert len(subset) == 12
-    with pytest.raises(DataError, match="unknown"):
-        tfds_source("no_such_dataset_xyz", "train", data_dir=None)
-
-
 def test_index_stream_permutes_each_pass_and_skips_without_producing():
     """Random-access sources: every pass a permutation of the kept indices
     (a new one per pass), the counter each index's position in the stream of

@@ -362,3 +362,142 @@ def test_a_run_over_a_folder_with_one_percent_truncated_jpegs_names_each(tmp_pat
     assert "images from the index" in out and "listed" not in out
     assert "skipped n0001" not in out and "steps 7 -> 8" in out
     assert "1 image(s) that did not decode before are left out" in out
+
+
+class _RecordsRead:
+    """Counts the records a RecordReader reads (before any are left out)."""
+
+    def __init__(self, monkeypatch):
+        from simclr_tf2.data import records
+        self.count = tf.Variable(0, dtype=tf.int64)
+        original = records.RecordReader._records
+
+        def counted(reader, *args):
+            def count(position, record):
+                with tf.control_dependencies([self.count.assign_add(1)]):
+                    return tf.identity(position), record
+            # Counted where the chunks are read, before the wanted filter.
+            return original(reader, *args).map(count)
+        monkeypatch.setattr(records.RecordReader, "_records", counted)
+
+    def take(self):
+        value = int(self.count.numpy())
+        self.count.assign(0)
+        return value
+
+
+def resume_reads_no_more_than_a_restart_at_step_one(source, directory, counter, steps):
+    """A resumed stream at `steps` (more than 10 passes in, mid-pass) gives
+    the batches an uninterrupted one gives there, and reads about what a
+    start at step 0 reads, not the passes it skips (shared with the tfds
+    test in test_data_pipeline.py)."""
+    settings = dict(mode="finetune", batch_size=4, image_size=8, seed=5, shuffle_buffer=6)
+    run = source.with_skip_log(str(directory), report=lambda m: None)
+    fresh = [b for _, b in zip(range(steps + 4), build_dataset(run, **settings))]
+    counter.take()
+    next(iter(build_dataset(run, **settings)))
+    at_start = counter.take()
+    restarted = source.with_skip_log(str(directory), report=lambda m: None)
+    resumed = [b for _, b in zip(range(4), build_dataset(restarted, start_step=steps,
+                                                         **settings))]
+    at_late_step = counter.take()
+    for x, y in zip(fresh[steps:], resumed):
+        np.testing.assert_array_equal(x["index"], y["index"])
+        np.testing.assert_array_equal(x["image"], y["image"])
+    assert at_late_step <= at_start + 2 * 4 * 6, (at_start, at_late_step)
+    return fresh, run
+
+
+def test_shards_resume_at_a_late_step_by_arithmetic_not_by_reading(tmp_path, monkeypatch):
+    from simclr_tf2.data import records
+    monkeypatch.setattr(records, "CHUNK_RECORDS", 4)  # several chunks per file
+    root = _folder(tmp_path / "data", classes=3, per_class=15, bad={(1, 4)}, split="train")
+    write_shards(root, "train", str(tmp_path / "shards"), images_per_shard=10,
+                 report=lambda message: None)
+    counter = _RecordsRead(monkeypatch)
+    shards = records_source(str(tmp_path / "shards"), "train")
+    assert len(shards) == 45 and len(shards._stream.__closure__) > 0
+    fresh, run = resume_reads_no_more_than_a_restart_at_step_one(
+        shards, tmp_path / "skipped", counter, steps=117)  # 10.6 passes of 44
+    assert list(run.skip_log.as_dict()) == ["n0001/n0001_4.JPEG"]
+    # Each pass is every kept example once, in a new order each pass.
+    seen = np.concatenate([b["index"].numpy() for b in fresh])
+    passes = [seen[k * 44:(k + 1) * 44] for k in range(3)]
+    bad = list(shards.ids).index("n0001/n0001_4.JPEG")
+    assert all(sorted(p) == sorted(set(range(45)) - {bad}) for p in passes)
+    assert not np.array_equal(passes[0], passes[1])
+
+
+class _TinyTfds:
+    """A tfds dataset prepared locally (no download): 3-class RGB images of
+    varied sizes, stored by tfds as PNG in TFRecord files."""
+    builder_class = None
+
+    @classmethod
+    def prepare(cls, data_dir):
+        builder = cls.register()(data_dir=str(data_dir))
+        builder.download_and_prepare()
+        return builder
+
+    @classmethod
+    def register(cls):
+        import tensorflow_datasets as tfds
+        if cls.builder_class is None:
+            class SimclrTinyImages(tfds.core.GeneratorBasedBuilder):
+                VERSION = tfds.core.Version("1.0.0")
+
+                def _info(self):
+                    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                        "image": tfds.features.Image(shape=(None, None, 3)),
+                        "label": tfds.features.ClassLabel(names=["a", "b", "c"])}))
+
+                def _split_generators(self, dl_manager):
+                    return {"train": self._generate_examples(46, 0),
+                            "test": self._generate_examples(9, 1)}
+
+                def _generate_examples(self, n, seed):
+                    rng = np.random.default_rng(seed)
+                    for i in range(n):
+                        shape = (12 + i % 5, 14 + i % 3, 3)
+                        yield i, {"image": rng.integers(0, 256, shape, dtype=np.uint8),
+                                  "label": i % 3}
+            cls.builder_class = SimclrTinyImages
+        return cls.builder_class
+
+
+def test_tfds_reads_its_records_by_chunks_indexes_once_and_resumes_by_arithmetic(
+        tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+    from simclr_tf2.data import records, tfds_source
+    monkeypatch.setattr(records, "CHUNK_RECORDS", 4)
+    _TinyTfds.register()
+    with pytest.raises(DataError, match="not prepared"):
+        tfds_source("simclr_tiny_images", "train", str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="unknown") as error:
+        tfds_source("no_such_dataset_xyz", "train", data_dir=None)
+    assert len(str(error.value)) < 300  # not tfds' list of every dataset
+    builder = _TinyTfds.prepare(tmp_path / "tfds")
+    store = IndexStore(str(tmp_path / "index"))
+    said = []
+    store.report = said.append
+    source = tfds_source("simclr_tiny_images", "train", str(tmp_path / "tfds"), store=store)
+    assert len(store.flush()) == 1 and "no image decoded" in said[-1]
+    # What tfds itself reads, in its order, with its ids.
+    theirs = list(builder.as_dataset(split="train", shuffle_files=False, read_config=
+                                     tfds.ReadConfig(add_tfds_id=True)).as_numpy_iterator())
+    assert list(source.ids) == [x["tfds_id"].decode() for x in theirs]
+    assert list(source.labels) == [x["label"] for x in theirs]
+    assert source.class_names == ["a", "b", "c"] and source.num_classes == 3
+    again = tfds_source("simclr_tiny_images", "train", str(tmp_path / "tfds"), store=store)
+    assert "from the index" in said[-1] and list(again.ids) == list(source.ids)
+    # A subset, in eval view, is tfds' images; split slices start mid-file.
+    for split, offset in (("train", 0), ("train[7:40]", 7)):
+        part = tfds_source("simclr_tiny_images", split, str(tmp_path / "tfds"))
+        chosen = np.arange(3, len(part), 5)
+        got = {int(e["index"]): e["image"].numpy() for e in part.dataset(chosen)}
+        assert sorted(got) == list(chosen)
+        for i, image in got.items():
+            np.testing.assert_allclose(image, theirs[i + offset]["image"] / 255.0, atol=1e-6)
+    counter = _RecordsRead(monkeypatch)
+    resume_reads_no_more_than_a_restart_at_step_one(
+        source, tmp_path / "skipped", counter, steps=127)  # 11 passes of 46

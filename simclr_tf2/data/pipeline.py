@@ -98,8 +98,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     draws from a stateless seed made of (seed, pipeline id, example counter).
     Training modes repeat forever unless repeat=False; eval runs one pass.
     `start_step` skips the batches of that many steps, so a resumed run reads
-    exactly what an uninterrupted one would (sources with random access skip
-    indices only; others read and drop the skipped examples).
+
+
     `extras` {name: array with one row per source example} adds that row to
     each element (e.g. precomputed teacher logits). Training batches are full
     (drop_remainder) unless drop_remainder=False.
@@ -153,6 +153,17 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
 
         def read(index):
             return load(index)
+    elif training and encoded and source._stream is not None:
+        # Sequential sources that can seek (TFRecord files): seeded chunk
+        # orders and windows, started where `skip` ends without reading it.
+        ds = source._stream(indices, seed, shuffle_buffer, skip, known, repeat)
+        key = "encoded"
+
+        def index_of(example):
+            return example["index"]
+
+        def read(example):
+            return example[key]
     else:
         ds = (source.encoded_dataset(indices, seed if training else None) if encoded
               else source.dataset(indices))
@@ -176,7 +187,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
         out.update({k: tf.gather(v, index) for k, v in extra_tensors.items()})
         return out
 
-    if not random_access:
+    seekable = training and encoded and source._stream is not None and not random_access
+    if not random_access and not seekable:
         if repeat:
             ds = ds.repeat()
         ds = ds.enumerate()
