@@ -501,3 +501,36 @@ def test_tfds_reads_its_records_by_chunks_indexes_once_and_resumes_by_arithmetic
     counter = _RecordsRead(monkeypatch)
     resume_reads_no_more_than_a_restart_at_step_one(
         source, tmp_path / "skipped", counter, steps=127)  # 11 passes of 46
+
+
+def test_cache_holds_encoded_bytes_reads_the_same_and_refuses_what_does_not_fit(
+        tmp_path, monkeypatch):
+    from simclr_tf2.data import cache as cache_module
+    root = _folder(tmp_path / "data", classes=2, per_class=6, split="train")
+    write_shards(root, "train", str(tmp_path / "shards"), images_per_shard=5,
+                 report=lambda message: None)
+    folder, shards = folder_source(root, "train", None), records_source(
+        str(tmp_path / "shards"), "train")
+    def by_index(batches):
+        return {int(i): x for b in batches for i, x in zip(b["index"].numpy(),
+                                                           b["image"].numpy()) if i >= 0}
+    for source in (folder, shards):
+        plain = by_index(build_dataset(source, "eval", 4, 16))
+        cached = by_index(build_dataset(source, "eval", 4, 16, cache=True))
+        assert sorted(plain) == sorted(cached) == list(range(12))
+        for i, image in plain.items():
+            np.testing.assert_array_equal(image, cached[i])
+    # Training over a folder: the same stream, read from memory.
+    settings = dict(mode="pretrain", batch_size=4, image_size=16, seed=1)
+    for x, y in zip([b for _, b in zip(range(5), build_dataset(folder, **settings))],
+                    [b for _, b in zip(range(5), build_dataset(folder, cache=True,
+                                                              **settings))]):
+        np.testing.assert_array_equal(x["view1"], y["view1"])
+    # What is held is the files' bytes, and the estimate says how many.
+    expected = sum(os.path.getsize(os.path.join(root, "train", p)) for p in folder.ids)
+    assert abs(cache_module.estimated_bytes(folder, np.arange(12)) - expected) < 0.3 * expected
+    assert abs(cache_module.estimated_bytes(shards, np.arange(12)) - expected) < 0.3 * expected
+    monkeypatch.setattr(cache_module, "available_memory", lambda: 4 << 10)
+    fresh = folder_source(root, "train", None)
+    with pytest.raises(DataError, match=r"cache=True would hold about 0\.0 GB .* drop --cache"):
+        build_dataset(fresh, "eval", 4, 16, cache=True)

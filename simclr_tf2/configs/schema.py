@@ -105,13 +105,18 @@ class DataConfig:
     use_flip: bool = setting(True,
         "Random horizontal flip in pretraining and fine-tuning views (off for "
         "orientation-sensitive images such as digits).")
-    cache: bool = setting(False, "Cache decoded images in memory.")
+    cache: bool = setting(False,
+        "Hold the encoded images (as stored, not decoded) in host memory after the first"
+        " read, so later passes read no file; refused, with the size it needs, when it"
+        " would take more than half the available memory.")
     xla_augment: bool = setting(True, "XLA-compile the colour distortion of pretraining "
         "views >= 128 px (same views to round-off, 8-14% less CPU at 224 px; compiled once "
         "per process, in under a second).")
     shuffle_buffer: int = setting(10000,
-        "Shuffle buffer for sequential sources (tfds, TFRecord shards, whose files are "
-        "also shuffled); folders and built-in data shuffle fully.")
+        "TFRecord shards and tfds: each pass reads chunks of 64 records in a seeded order"
+        " and permutes every this many consecutive examples (about three such windows of"
+        " encoded images are held in memory); folders, built-in data and cache=True"
+        " permute every pass fully.")
     seed: int = setting(0,
         "Seed of shuffling, augmentation and label subsets.", flag="data_seed")
     tfds_download: bool = setting(False,

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from simclr_tf2.configs.schema import DataConfig
 from simclr_tf2.data import augment, decode, skips
+from simclr_tf2.data.cache import cached_source
 from simclr_tf2.data.sources import Source
 from simclr_tf2.errors import DataError
 
@@ -121,6 +122,12 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     if drop_remainder and len(indices) < local_batch:
         raise DataError(f"{len(indices)} examples cannot fill one batch of "
                         f"{local_batch}: lower the batch size")
+    if cache:
+        # Encoded images held in memory (cache.py), read by index; sources
+        # already in memory (built-in arrays) need none.
+        if source.has_encoded:
+            source = cached_source(source, indices)
+        cache = source.load is None and source._make_encoded is None
     pipeline_id = input_context.input_pipeline_id if input_context else 0
     base = tf.constant(seed * 1_000_003 + pipeline_id, tf.int64)
     # Files are read undecoded where the view can decode them: training
