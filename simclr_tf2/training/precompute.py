@@ -83,35 +83,42 @@ MAX_CACHED_FEATURE_BYTES = 2 ** 31 - 2 ** 20
 def frozen_features(learner: Learner, config: ExperimentConfig, source, indices,
                     verbose: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """The frozen network's `finetune_input` (what the linear head reads) for
-    the training view of every example in `indices`, computed once:
-    ([len(source), dim] float32, rows outside `indices` zero; the examples
-    of `indices` whose image decoded). The training view must be
-    deterministic (crop_area_min=1, no flip; `validate` checks)."""
+    the training view of the examples `indices`, computed once: (features
+    [n, dim] float32, the n examples of `indices` whose image decoded, in
+    `indices` order), one row each. Sized by the labelled subset, not by the
+    source: 1% of ImageNet with a ResNet-50 is 12,811 x 2048 floats, 0.1 GB.
+    The training view must be deterministic (crop_area_min=1, no flip;
+    `validate` checks)."""
     start = time.time()
     model = learner.model
     size = config.data.image_size
+    indices = np.asarray(indices, np.int64)
     dim = int(model(tf.zeros([1, size, size, 3]), training=False)["finetune_input"].shape[-1])
-    table_bytes = len(source) * dim * 4
+    table_bytes = len(indices) * dim * 4
     if table_bytes > MAX_CACHED_FEATURE_BYTES:
-        raise RunError(f"linear_eval_cache_features: {len(source)} examples x {dim} "
+        raise RunError(f"linear_eval_cache_features: {len(indices):,} examples x {dim} "
                        f"features take {table_bytes / 2 ** 30:.1f} GB, more than one "
-                       "2 GB table: drop --linear_eval_cache_features")
-    table = np.zeros([len(source), dim], np.float32)
+                       "2 GB table: use a label fraction or drop "
+                       "--linear_eval_cache_features")
+    table = np.zeros([len(indices), dim], np.float32)
+    sorted_order = np.argsort(indices, kind="stable")
+    sorted_indices = indices[sorted_order]
 
     @tf.function(reduce_retracing=True)  # the last batch may be smaller
     def forward(images):
         # training=True as in the training step; every layer it reads is frozen.
         return model(images, training=True)["finetune_input"]
 
-    filled = np.zeros(len(source), bool)
+    filled = np.zeros(len(indices), bool)
     for element in build_from_config(config.data, source, "finetune",
                                       config.train.eval_batch_size, indices,
                                       repeat=False, drop_remainder=False):
         index = element["index"].numpy()
         keep = index >= 0  # an image that did not decode left a padding example
-        table[index[keep]] = tf.cast(forward(element["image"]), tf.float32).numpy()[keep]
-        filled[index[keep]] = True
+        rows = sorted_order[np.searchsorted(sorted_indices, index[keep])]
+        table[rows] = tf.cast(forward(element["image"]), tf.float32).numpy()[keep]
+        filled[rows] = True
     if verbose:
         print(f"linear eval: frozen features ({dim}) of {int(filled.sum())} images "
               f"computed in {time.time() - start:.0f}s", flush=True)
-    return table, np.asarray(indices)[filled[np.asarray(indices)]]
+    return table[filled], indices[filled]
