@@ -36,6 +36,7 @@ SUBSET_FILE = "labelled_ids.txt"
 MONITOR_FILE = "monitor.json"
 INDEX_DIR = "data_index"
 SKIPPED_DIR = "skipped"
+TEACHER_LOGITS = "teacher_logits.npy"  # --distill_precompute's table, kept for restarts
 TRAIN_SUMMARIES = os.path.join("summaries", "train")
 MONITOR_SUMMARIES = os.path.join("summaries", "monitor")
 

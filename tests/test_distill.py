@@ -10,6 +10,7 @@ import tensorflow as tf
 from absl import flags
 
 from simclr_tf2 import get_preset
+from simclr_tf2.errors import RunError
 from simclr_tf2.data.builtin import load_builtin
 from simclr_tf2.objectives import distillation_loss
 from simclr_tf2.training import Learner
@@ -137,6 +138,35 @@ def test_precomputed_teacher_logits_travel_with_the_batch():
                                                            rel=1e-4)
     with pytest.raises(ValueError, match="precomputed 'teacher_logits'"):
         learner.replica_step({"image": images})
+
+
+def test_precomputed_logits_are_kept_for_restarts_and_refused_when_too_big(
+        tmp_path, monkeypatch, capsys):
+    from simclr_tf2.data import builtin_source
+    from simclr_tf2.training import precompute
+    config = _config(**{"train.eval_batch_size": 128})
+    source = builtin_source("digits", "train", config.data.image_size)
+    indices = np.arange(0, len(source), 4)
+    teacher = PixelTeacher()
+    keep = str(tmp_path / "teacher_logits.npy")
+    table = precompute.precompute_teacher_logits(teacher, config, source, indices,
+                                                 keep=keep, teacher_name="t")
+    images = tf.stack([source.load(i) for i in indices[:5]])
+    np.testing.assert_allclose(table[indices[:5]], teacher(images).numpy(), rtol=1e-5,
+                               atol=1e-5)
+    assert not table[1].any()  # not in `indices`
+    capsys.readouterr()
+    again = precompute.precompute_teacher_logits(None, config, source, indices, keep=keep,
+                                                 teacher_name="t")
+    assert "read from" in capsys.readouterr().out  # no teacher pass on a restart
+    np.testing.assert_array_equal(again, table)
+    other = PixelTeacher(seed=1)  # another teacher: computed again
+    changed = precompute.precompute_teacher_logits(other, config, source, indices,
+                                                   keep=keep, teacher_name="u")
+    assert not np.allclose(changed, table)
+    monkeypatch.setattr(precompute, "MAX_CACHED_FEATURE_BYTES", 1000)
+    with pytest.raises(RunError, match=r"teacher logits take 0\.0 GB.*drop --distill_precompute"):
+        precompute.precompute_teacher_logits(teacher, config, source, indices)
 
 
 def test_pipeline_extras_follow_their_example():

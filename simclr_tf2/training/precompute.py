@@ -1,8 +1,11 @@
 """Passes over the data outside the training step: batch-norm statistics
 recomputed after supervised training, the teacher's logits before
 distillation, and the frozen network's features before cached linear eval."""
+import hashlib
+import io
+import json
 import time
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -57,9 +60,26 @@ def recompute_bn(config: ExperimentConfig, strategy, learner: Learner, source, i
 
 
 def precompute_teacher_logits(teacher, config: ExperimentConfig, source, indices,
-                              verbose: bool = True) -> np.ndarray:
+                              verbose: bool = True, keep: Optional[str] = None,
+                              teacher_name: str = "") -> np.ndarray:
     """The teacher's logits on the eval view of every example in `indices`
-    ([len(source), classes] float32; rows outside `indices` are zero)."""
+    ([len(source), classes] float32; rows outside `indices` are zero), for
+    --distill_precompute. The table is one graph constant, so it is refused
+    above MAX_CACHED_FEATURE_BYTES (at ImageNet size, 1.28 million x 1000
+    logits are 5.1 GB: there the teacher runs inside the step, the default,
+    whose host memory does not grow with the data). With `keep` (a path in
+    the run directory) it is computed once and read back on restarts."""
+    indices = np.asarray(indices, np.int64)
+    stamp = {"teacher": teacher_name, "examples": len(source),
+             "indices": hashlib.sha1(indices.tobytes()).hexdigest()}
+    if keep and tf.io.gfile.exists(keep) and tf.io.gfile.exists(keep + ".json"):
+        with tf.io.gfile.GFile(keep + ".json") as f:
+            if json.load(f) == stamp:
+                with tf.io.gfile.GFile(keep, "rb") as f:
+                    table = np.load(io.BytesIO(f.read()))
+                if verbose:
+                    print(f"teacher logits read from {keep}", flush=True)
+                return table
     start = time.time()
     table = None
     batch = config.train.eval_batch_size
@@ -67,12 +87,27 @@ def precompute_teacher_logits(teacher, config: ExperimentConfig, source, indices
         logits = tf.cast(teacher(element["image"]), tf.float32).numpy()
         index = element["index"].numpy()
         if table is None:
+            need = len(source) * logits.shape[-1] * 4
+            if need > MAX_CACHED_FEATURE_BYTES:
+                raise RunError(
+                    f"distill_precompute: {len(source):,} examples x {logits.shape[-1]} "
+                    f"teacher logits take {need / 2 ** 30:.1f} GB, more than one 2 GB "
+                    "table: drop --distill_precompute (the teacher then runs inside "
+                    "each step, in memory that does not grow with the data)")
             table = np.zeros([len(source), logits.shape[-1]], np.float32)
-        keep = index >= 0  # eval batches are padded with index -1
-        table[index[keep]] = logits[keep]
+        kept = index >= 0  # eval batches are padded with index -1
+        table[index[kept]] = logits[kept]
     if verbose:
         print(f"teacher logits precomputed for {len(indices)} images in "
               f"{time.time() - start:.0f}s", flush=True)
+    if keep:
+        buffer = io.BytesIO()
+        np.save(buffer, table)
+        with tf.io.gfile.GFile(keep + ".tmp", "wb") as f:
+            f.write(buffer.getvalue())
+        tf.io.gfile.rename(keep + ".tmp", keep, overwrite=True)
+        with tf.io.gfile.GFile(keep + ".json", "w") as f:
+            f.write(json.dumps(stamp))
     return table
 
 

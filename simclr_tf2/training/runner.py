@@ -25,8 +25,8 @@ from simclr_tf2.data.subsets import write_ids
 from simclr_tf2.errors import NonFiniteLossError, RunError  # noqa: F401 (re-exported)
 from simclr_tf2.export.hub import ExportError, export_hub_modules
 from simclr_tf2.monitors.knn_monitor import KnnMonitor, monitor_indices
-from simclr_tf2.rundir import (MONITOR_FILE, MONITOR_SUMMARIES, SUBSET_FILE, TRAIN_SUMMARIES,
-                               has_checkpoint, path, read_json, run_dir_of, trained_mode,
+from simclr_tf2.rundir import (MONITOR_FILE, MONITOR_SUMMARIES, SUBSET_FILE, TEACHER_LOGITS,
+                               TRAIN_SUMMARIES, has_checkpoint, path, read_json, run_dir_of, trained_mode,
                                write_json, write_record)
 from simclr_tf2.training.distribution import is_chief, make_strategy
 from simclr_tf2.training.evaluator import evaluate
@@ -68,7 +68,9 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
         extras = None
         if teacher is not None and config.train.distill_precompute:
             extras = {"teacher_logits": precompute_teacher_logits(
-                teacher, config, source, indices, verbose)}
+                teacher, config, source, indices, verbose,
+                keep=path(run_config.model_dir, TEACHER_LOGITS) if is_chief(strategy)
+                else None, teacher_name=run_config.teacher)}
             teacher = None  # the batches carry the logits
         learner = Learner(config, mode, steps.total_steps, steps.warmup_steps,
                           teacher=teacher)
