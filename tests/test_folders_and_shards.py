@@ -376,7 +376,7 @@ class _RecordsRead:
             def count(position, record):
                 with tf.control_dependencies([self.count.assign_add(1)]):
                     return tf.identity(position), record
-            # Counted where the chunks are read, before the wanted filter.
+            # Counted as the chunks are read, before the unwanted are dropped.
             return original(reader, *args).map(count)
         monkeypatch.setattr(records.RecordReader, "_records", counted)
 
@@ -534,3 +534,35 @@ def test_cache_holds_encoded_bytes_reads_the_same_and_refuses_what_does_not_fit(
     fresh = folder_source(root, "train", None)
     with pytest.raises(DataError, match=r"cache=True would hold about 0\.0 GB .* drop --cache"):
         build_dataset(fresh, "eval", 4, 16, cache=True)
+
+
+def test_knn_monitor_reads_only_its_subset_and_traces_once(tmp_path, monkeypatch):
+    """Two reports: the same result, one trace of each forward function; on
+    shards only the chunks holding the bank and queries are read, and a
+    corrupt image outside them is never decoded (nothing is skipped)."""
+    from simclr_tf2 import get_preset
+    from simclr_tf2.data import records
+    from simclr_tf2.models import SimCLRModel
+    from simclr_tf2.monitors.knn_monitor import KnnMonitor
+    monkeypatch.setattr(records, "CHUNK_RECORDS", 4)
+    root = _folder(tmp_path / "data", classes=3, per_class=12, bad={(2, 7)}, split="train")
+    write_shards(root, "train", str(tmp_path / "shards"), images_per_shard=36,
+                 report=lambda message: None)  # one file, 9 chunks, canonical order
+    counter = _RecordsRead(monkeypatch)
+    source = _skipping(records_source(str(tmp_path / "shards"), "train"), tmp_path / "skip")
+    config = get_preset("tiny").override(**{"data.image_size": 16})
+    model = SimCLRModel(config.model, "pretrain")
+    model(tf.zeros([1, 16, 16, 3]), training=False)  # built, as in a run
+    bank, queries = np.array([0, 1, 2, 12, 13]), np.array([3, 14])
+    monitor = KnnMonitor(model, config.data, source, source, 4, k=2, temperature=0.1,
+                         bank_indices=bank, query_indices=queries, verbose=False)
+    first = monitor.evaluate(None)
+    traced = monitor.bank.traces(), monitor.queries.traces()
+    second = monitor.evaluate(None)
+    assert first == second and set(first) == {"knn_top1", "erank"}
+    assert traced == (1, 1) and (monitor.bank.traces(), monitor.queries.traces()) == traced
+    assert source.skip_log.count == 0  # the corrupt image (index 31) was not decoded
+    # Each report reads the chunks (4 records) that hold the bank and queries.
+    header, _ = index_module.read_index(str(tmp_path / "shards" / "train.index"))
+    held = [{header["positions"][i] // 4 for i in ids} for ids in (bank, queries)]
+    assert counter.take() == 2 * 4 * (len(held[0]) + len(held[1])) < 2 * 36

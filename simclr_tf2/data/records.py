@@ -248,12 +248,11 @@ class RecordReader:
         chunks = np.flatnonzero(per_chunk)
         return wanted, chunks, per_chunk[chunks]
 
-    def _records(self, chunks: tf.Tensor, skip: tf.Tensor, wanted: np.ndarray
-                 ) -> tf.data.Dataset:
-        """(position, serialised record) of the wanted records of `chunks`
-        (chunk numbers) in that order, each chunk read whole from its byte
-        offset, several at once; the first `skip` records of the first
-        chunk are not returned."""
+    def _records(self, chunks: tf.Tensor, skip: tf.Tensor) -> tf.data.Dataset:
+        """(position, serialised record) of the records of `chunks` (chunk
+        numbers) in that order, each chunk read whole from its byte offset,
+        several at once; the first `skip` records of the first chunk are not
+        returned."""
         paths = tf.constant(self.files)
         table = {k: tf.constant(v) for k, v in (
             ("file", self.chunk_file), ("first", self.chunk_first),
@@ -271,9 +270,14 @@ class RecordReader:
             return records.take(tf.gather(table["count"], c)).enumerate(
                 tf.gather(table["first"], c)).skip(drop)
 
-        ds = tf.data.Dataset.from_tensor_slices((chunks, skips)).interleave(
+        return tf.data.Dataset.from_tensor_slices((chunks, skips)).interleave(
             read, cycle_length=READ_PARALLELISM, block_length=self.chunk,
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def _wanted(self, chunks: tf.Tensor, skip: tf.Tensor, wanted: np.ndarray
+                ) -> tf.data.Dataset:
+        """`_records` without the records that are not `wanted`."""
+        ds = self._records(chunks, skip)
         if not wanted.all():
             keep = tf.constant(wanted)
             ds = ds.filter(lambda position, record: tf.gather(keep, position))
@@ -293,7 +297,7 @@ class RecordReader:
         """{'encoded', 'label', 'index'} of the examples `indices` in file
         order, reading only the chunks that hold them."""
         wanted, chunks, _ = self._plan(indices)
-        return self._records(tf.constant(chunks), tf.constant(0, tf.int64), wanted).map(
+        return self._wanted(tf.constant(chunks), tf.constant(0, tf.int64), wanted).map(
             self._element(labels), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def pass_order(self, chunks: np.ndarray, seed: int, p: int) -> np.ndarray:
@@ -344,7 +348,7 @@ class RecordReader:
         chunk_table = tf.constant(chunks)
         bad = tf.constant(bad_position) if bad_position is not None else None
         element = self._element(labels)
-        records = self._records
+        records = self._wanted
 
         def one_pass(p):
             is_first = tf.equal(p, first)

@@ -6,7 +6,10 @@ the weighted kNN top-1 of the queries against the bank and the effective rank
 of the bank's features. Inference mode reads the batch-norm moving averages
 and changes no variable, and the eval pipeline draws no random numbers, so the
 monitor does not change training. Its cost is one forward pass over
-`knn_bank_size + knn_eval_size` images per report.
+`knn_bank_size + knn_eval_size` images per report: the bank and queries are
+picked once, their pipelines and the forward function made once (no
+retrace, on TPU no recompile, at later reports), and only their images are
+read and decoded.
 """
 import time
 from typing import Dict, Optional, Sequence
@@ -20,49 +23,74 @@ from simclr_tf2.data import build_from_config, distribute
 from simclr_tf2.monitors.representation import effective_rank, knn_predict
 
 
+class Embedder:
+    """The model's `outputs` in inference mode on the eval view of the
+    examples `indices` (all by default) of `source`: calling it returns
+    {name: [n, dim] float32, 'label': [n] int64, 'index': [n] int64}, rows
+    in `indices` order, without the examples whose image did not decode.
+    Its input pipeline and its forward function are made once: calling it
+    again (a monitor's next report) reads the same examples and traces
+    nothing. The pipeline reads only those examples (TFRecord files and
+    tfds: only the chunks that hold them), so the rest of the split is
+    neither read nor decoded. With a strategy each replica embeds its share
+    of every batch."""
+
+    def __init__(self, model, data_config: DataConfig, source, batch_size: int,
+                 outputs: Sequence[str] = ("final_avg_pool",),
+                 indices: Optional[np.ndarray] = None,
+                 strategy: Optional[tf.distribute.Strategy] = None):
+        strategy = strategy or tf.distribute.get_strategy()
+        self.source = source
+        self.indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+        self.strategy = strategy
+        replicas = strategy.num_replicas_in_sync
+        batch_size = max(batch_size // replicas, 1) * replicas
+        self.dataset = distribute(strategy, lambda ctx: build_from_config(
+            data_config, source, "eval", batch_size, self.indices, input_context=ctx))
+
+        @tf.function
+        def forward(batch):
+            def replica(b):
+                out = model(b["image"], training=False)
+                return {**{k: tf.cast(out[k], tf.float32) for k in outputs},
+                        "index": b["index"]}
+            return strategy.run(replica, args=(batch,))
+        self.forward = forward
+        order = np.argsort(self.indices, kind="stable")
+        self._sorted, self._order = self.indices[order], order
+
+    def traces(self) -> int:
+        """How many times the forward function has been traced."""
+        return self.forward.experimental_get_tracing_count()
+
+    def __call__(self) -> Dict[str, np.ndarray]:
+        indices, strategy = self.indices, self.strategy
+        filled = np.zeros(len(indices), bool)
+        table = {}
+        for batch in self.dataset:
+            per_replica = self.forward(batch)
+            local = {k: [v.numpy() for v in strategy.experimental_local_results(per_replica[k])]
+                     for k in per_replica}
+            index = np.concatenate(local.pop("index"))
+            keep = index >= 0  # eval batches are padded with index -1
+            rows = self._order[np.searchsorted(self._sorted, index[keep])]
+            filled[rows] = True
+            for name, parts in local.items():
+                values = np.concatenate(parts)[keep]
+                if name not in table:
+                    table[name] = np.zeros([len(indices), values.shape[-1]], np.float32)
+                table[name][rows] = values
+        table["label"] = np.asarray(self.source.labels)[indices]
+        table["index"] = np.asarray(indices, np.int64)
+        return {name: values[filled] for name, values in table.items()}
+
+
 def embed(model, data_config: DataConfig, source, batch_size: int,
           outputs: Sequence[str] = ("final_avg_pool",),
           indices: Optional[np.ndarray] = None,
           strategy: Optional[tf.distribute.Strategy] = None) -> Dict[str, np.ndarray]:
-    """The model's `outputs` in inference mode on the eval view of the
-    examples `indices` (all by default): {name: [n, dim] float32, 'label':
-    [n] int64, 'index': [n] int64}, rows in `indices` order, without the
-    examples whose image did not decode. With a strategy each replica embeds
-    its share of every batch."""
-    strategy = strategy or tf.distribute.get_strategy()
-    indices = np.arange(len(source)) if indices is None else np.asarray(indices)
-    replicas = strategy.num_replicas_in_sync
-    batch_size = max(batch_size // replicas, 1) * replicas
-    dataset = distribute(strategy, lambda ctx: build_from_config(
-        data_config, source, "eval", batch_size, indices, input_context=ctx))
-
-    @tf.function
-    def forward(batch):
-        def replica(b):
-            out = model(b["image"], training=False)
-            return {**{k: tf.cast(out[k], tf.float32) for k in outputs},
-                    "index": b["index"]}
-        return strategy.run(replica, args=(batch,))
-
-    row_of = {int(i): r for r, i in enumerate(indices)}
-    filled = np.zeros(len(indices), bool)
-    table = {}
-    for batch in dataset:
-        per_replica = forward(batch)
-        local = {k: [v.numpy() for v in strategy.experimental_local_results(per_replica[k])]
-                 for k in per_replica}
-        index = np.concatenate(local.pop("index"))
-        keep = index >= 0  # eval batches are padded with index -1
-        rows = np.array([row_of[int(i)] for i in index[keep]], np.int64)
-        filled[rows] = True
-        for name, parts in local.items():
-            values = np.concatenate(parts)[keep]
-            if name not in table:
-                table[name] = np.zeros([len(indices), values.shape[-1]], np.float32)
-            table[name][rows] = values
-    table["label"] = np.asarray(source.labels)[indices]
-    table["index"] = np.asarray(indices, np.int64)
-    return {name: values[filled] for name, values in table.items()}
+    """One `Embedder` pass (see there)."""
+    return Embedder(model, data_config, source, batch_size, outputs, indices, strategy)()
 
 
 def representation_report(model, data_config: DataConfig, bank_source, query_source,
@@ -75,14 +103,25 @@ def representation_report(model, data_config: DataConfig, bank_source, query_sou
     """{'knn_top1_<output>', 'erank_<output>'} for each output: weighted kNN
     top-1 of the queries against the bank (when both have labels) and the
     effective rank of the bank's features."""
-    bank = embed(model, data_config, bank_source, batch_size, outputs, bank_indices,
-                 strategy)
-    labelled = (bank["label"] >= 0).all() and len(bank["label"]) > 0
+    bank = Embedder(model, data_config, bank_source, batch_size, outputs, bank_indices,
+                    strategy)
     queries = None
-    if labelled and query_source is not None:
-        queries = embed(model, data_config, query_source, batch_size, outputs,
-                        query_indices, strategy)
+    if query_source is not None:
+        queries = Embedder(model, data_config, query_source, batch_size, outputs,
+                           query_indices, strategy)
+    return report_of(bank, queries, outputs, k, temperature)
+
+
+def report_of(bank: Embedder, queries: Optional[Embedder], outputs: Sequence[str],
+              k: int, temperature: float) -> Dict[str, float]:
+    """`representation_report` of two embedders' current embeddings."""
+    bank = bank()
+    labelled = (bank["label"] >= 0).all() and len(bank["label"]) > 0
+    if labelled and queries is not None:
+        queries = queries()
         labelled = (queries["label"] >= 0).all() and len(queries["label"]) > 0
+    else:
+        labelled = False
     report = {}
     for name in outputs:
         report[f"erank_{name}"] = float(effective_rank(bank[name]))
@@ -115,11 +154,13 @@ class KnnMonitor(orbit.AbstractEvaluator):
                  strategy: Optional[tf.distribute.Strategy] = None,
                  step: Optional[tf.Variable] = None, verbose: bool = True):
         self.model = model
-        self.data_config = data_config
-        self.bank_source, self.query_source = bank_source, query_source
-        self.batch_size, self.k, self.temperature = batch_size, k, temperature
-        self.bank_indices, self.query_indices = bank_indices, query_indices
-        self.strategy = strategy
+        self.k, self.temperature = k, temperature
+        # Picked, piped and traced once; each report reads the same examples.
+        self.bank = Embedder(model, data_config, bank_source, batch_size,
+                             indices=bank_indices, strategy=strategy)
+        self.queries = None if query_source is None else Embedder(
+            model, data_config, query_source, batch_size, indices=query_indices,
+            strategy=strategy)
         self.step = step
         self.verbose = verbose
         self.seconds = 0.0
@@ -128,10 +169,8 @@ class KnnMonitor(orbit.AbstractEvaluator):
     def evaluate(self, num_steps: tf.Tensor) -> Dict[str, float]:
         del num_steps  # one pass over the bank and the queries
         start = time.time()
-        report = representation_report(
-            self.model, self.data_config, self.bank_source, self.query_source,
-            self.batch_size, self.k, self.temperature, bank_indices=self.bank_indices,
-            query_indices=self.query_indices, strategy=self.strategy)
+        report = report_of(self.bank, self.queries, ("final_avg_pool",), self.k,
+                           self.temperature)
         seconds = time.time() - start
         self.seconds += seconds
         result = {}
