@@ -1,5 +1,5 @@
-"""Sources (folders with bad files, built-in, tfds), subsets, sharding, pipelines."""
-import dataclasses
+"""Sources (folders with bad files, built-in), subsets, sharding, pipelines
+(tfds: test_folders_and_shards.py)."""
 import io
 import logging
 import os
@@ -13,7 +13,7 @@ from conftest import mirrored_strategy
 from simclr_tf2.configs.schema import DataConfig
 from simclr_tf2.data import (DataError, build_dataset, builtin_source, distribute,
                              folder_source, labelled_subset, list_folder, make_source,
-                             stratified_subset, subset_from_ids, tfds_source, verify_files)
+                             stratified_subset, subset_from_ids, verify_files)
 from simclr_tf2.data.listing import labelled_view
 
 

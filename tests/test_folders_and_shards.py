@@ -368,9 +368,9 @@ class _RecordsRead:
     """Counts the records a RecordReader reads (before any are left out)."""
 
     def __init__(self, monkeypatch):
-        from simclr_tf2.data import records
+        from simclr_tf2.data import record_reader
         self.count = tf.Variable(0, dtype=tf.int64)
-        original = records.RecordReader._records
+        original = record_reader.RecordReader._records
 
         def counted(reader, *args):
             def count(position, record):
@@ -378,7 +378,7 @@ class _RecordsRead:
                     return tf.identity(position), record
             # Counted as the chunks are read, before the unwanted are dropped.
             return original(reader, *args).map(count)
-        monkeypatch.setattr(records.RecordReader, "_records", counted)
+        monkeypatch.setattr(record_reader.RecordReader, "_records", counted)
 
     def take(self):
         value = int(self.count.numpy())

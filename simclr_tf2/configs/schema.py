@@ -167,8 +167,10 @@ class TrainConfig:
         "Distillation: weight of the supervised loss on the labelled subset (0 = "
         "unlabeled only).")
     distill_precompute: bool = setting(False,
-        "Distillation: teacher logits once per image (eval view) before training, for big"
-        " teachers; default: on every augmented view.")
+        "Distillation: teacher logits once per image (eval view) before training, kept in"
+        " the run directory for restarts, for small datasets with big teachers (an images"
+        " x classes table, refused above 2 GB); default: the teacher inside each step on"
+        " every augmented view, in memory that does not grow with the data.")
     bn_recompute: bool = setting(False,
         "After supervised training, recompute the batch-norm statistics over the eval "
         "view of the run's own training images (final weights; never eval data): for "
