@@ -339,8 +339,9 @@ def test_input_pipeline_benchmark_compares_with_a_baseline_revision_in_one_run()
 
 @pytest.mark.slow
 def test_data_scale_benchmark_fits_generates_and_times_a_run_with_its_calls(tmp_path):
-    """bench/data_scale.py's pieces: the line fit, the generated folder, and
-    one measured run (the whole benchmark: RESULTS.md)."""
+    """bench/data_scale.py's and bench/run_costs.py's pieces: the line fit,
+    the generated folder, one measured run, a checkpoint moved to a late
+    step (the whole benchmarks: RESULTS.md)."""
     import data_scale
     a, b = data_scale.fit([1000, 5000], [2.5 + 1000 * 3e-6, 2.5 + 5000 * 3e-6])
     assert a == pytest.approx(2.5) and b == pytest.approx(3.0)
@@ -348,14 +349,25 @@ def test_data_scale_benchmark_fits_generates_and_times_a_run_with_its_calls(tmp_
     train = os.path.join(root, "train")
     assert len(os.listdir(train)) == data_scale.CLASSES
     assert sum(len(files) for _, _, files in os.walk(train)) == 150
-    first = data_scale.run_child(data_scale.ROOT, data_scale.COMMON + [
-        "--dataset=folder", f"--data_dir={root}", f"--model_dir={tmp_path / 'run'}",
-        "--train_steps=1", "--knn_interval=0"])  # the monitor's own pass: not here
-    assert first["status"] == 0 and 0 < first["startup_s"] < first["first_step_at_s"]
+    # One run through bench/run_costs.py's child, which wraps data_scale's
+    # (timings, calls) with the kNN reports and the peak memory.
+    import run_costs
+    import tensorflow as tf
+    argv = data_scale.COMMON + ["--dataset=folder", f"--data_dir={root}",
+                                f"--model_dir={tmp_path / 'run'}", "--knn_bank_size=40",
+                                "--knn_eval_size=20", "--knn_interval=1"]
+    first = run_costs.run_child("run", argv + ["--train_steps=1"])
+    assert 0 < first["startup_s"] < first["first_step_at_s"]
     assert first["build_s"] > 0 and first["trace_s"] > 0
-    # one listing per folder (train/ and its 100 classes), no image file opened
-    assert first["calls"]["scandir"] == 101
+    # one listing per folder (train/ and its 100 classes, val/ and its 20,
+    # for the monitor), no image file opened before the first step
+    assert first["calls"]["scandir"] == 101 + 21
     assert first["calls"].get("BufferedInputStream", 0) < 20
+    assert [r["traces"] for r in first["knn_reports"]] == [[1, 1]]
+    assert first["peak_rss_mb"] >= first["after_first_source_mb"] > 100
+    # A restart "late in the run": the run's checkpoint moved to step 40.
+    run_costs.move_checkpoint(argv + ["--train_steps=2"], 40)
+    assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("ckpt-40")
 
 
 def test_train_step_benchmark_times_backbone_and_both_batch_norms(capsys, monkeypatch):

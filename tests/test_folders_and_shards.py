@@ -566,3 +566,11 @@ def test_knn_monitor_reads_only_its_subset_and_traces_once(tmp_path, monkeypatch
     header, _ = index_module.read_index(str(tmp_path / "shards" / "train.index"))
     held = [{header["positions"][i] // 4 for i in ids} for ids in (bank, queries)]
     assert counter.take() == 2 * 4 * (len(held[0]) + len(held[1])) < 2 * 36
+    # A run's monitor picks its subsets of such sources in whole chunks:
+    # 10 examples read 3 chunks, seeded.
+    from simclr_tf2.monitors.knn_monitor import monitor_subset
+    picked = monitor_subset(source, 10, seed=2)
+    assert len(set(picked)) == 10 and list(picked) == sorted(picked)
+    assert len({header["positions"][i] // 4 for i in picked}) == 3
+    np.testing.assert_array_equal(picked, monitor_subset(source, 10, seed=2))
+    assert not np.array_equal(picked, monitor_subset(source, 10, seed=3))

@@ -49,6 +49,9 @@ class Source:
     _stream: Optional[Callable[..., tf.data.Dataset]] = None
     # indices -> about how many bytes their encoded images take.
     nbytes: Optional[Callable[[np.ndarray], int]] = None
+    # (limit, seed) -> a random subset that is cheap to read (whole chunks
+    # of TFRecord files), where one picked example by example is not.
+    sample: Optional[Callable[[int, int], np.ndarray]] = None
 
     def __len__(self):
         return len(self.ids)
@@ -109,4 +112,5 @@ def records_backed(name: str, split: str, ids, labels: np.ndarray, classes: List
     return Source(name, split, np.asarray(ids), labels, len(classes), list(classes),
                   make, _make_encoded=make_encoded, _stream=stream, robust=True,
                   location=location, shard=reader.shard, nbytes=reader.nbytes,
+                  sample=reader.sample,
                   describe=lambda i: problem)

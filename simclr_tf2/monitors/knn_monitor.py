@@ -140,6 +140,15 @@ def monitor_indices(size: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(size, limit, replace=False))
 
 
+def monitor_subset(source, limit: int, seed: int) -> np.ndarray:
+    """`monitor_indices` of `source`, or, for sources read by chunks
+    (TFRecord files, tfds), `limit` examples in seeded random whole chunks,
+    so that a report reads about `limit` records, not most of the split."""
+    if limit <= 0 or len(source) <= limit or source.sample is None:
+        return monitor_indices(len(source), limit, seed)
+    return source.sample(limit, seed)
+
+
 class KnnMonitor(orbit.AbstractEvaluator):
     """An orbit evaluator: `evaluate()` returns {'knn_top1', 'erank'} of the
     backbone output (`final_avg_pool`), with 'knn_top1' only when the bank

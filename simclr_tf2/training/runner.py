@@ -24,7 +24,7 @@ from simclr_tf2.data import build_from_config, distribute, feature_dataset, skip
 from simclr_tf2.data.subsets import write_ids
 from simclr_tf2.errors import NonFiniteLossError, RunError  # noqa: F401 (re-exported)
 from simclr_tf2.export.hub import ExportError, export_hub_modules
-from simclr_tf2.monitors.knn_monitor import KnnMonitor, monitor_indices
+from simclr_tf2.monitors.knn_monitor import KnnMonitor, monitor_subset
 from simclr_tf2.rundir import (MONITOR_FILE, MONITOR_SUMMARIES, SUBSET_FILE, TEACHER_LOGITS,
                                TRAIN_SUMMARIES, has_checkpoint, path, read_json, run_dir_of, trained_mode,
                                write_json, write_record)
@@ -173,9 +173,9 @@ def knn_monitor(config: ExperimentConfig, data: RunData, strategy, learner: Lear
     return KnnMonitor(
         learner.model, config.data, bank, queries, config.train.eval_batch_size,
         monitor.knn_k, monitor.knn_temperature,
-        bank_indices=monitor_indices(len(bank), monitor.knn_bank_size, config.data.seed),
-        query_indices=(None if queries is None else monitor_indices(
-            len(queries), monitor.knn_eval_size, config.data.seed)),
+        bank_indices=monitor_subset(bank, monitor.knn_bank_size, config.data.seed),
+        query_indices=(None if queries is None else monitor_subset(
+            queries, monitor.knn_eval_size, config.data.seed)),
         strategy=strategy, step=learner.step, verbose=verbose)
 
 
