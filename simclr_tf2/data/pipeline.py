@@ -99,8 +99,11 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     draws from a stateless seed made of (seed, pipeline id, example counter).
     Training modes repeat forever unless repeat=False; eval runs one pass.
     `start_step` skips the batches of that many steps, so a resumed run reads
-
-
+    exactly what an uninterrupted one would, without reading what it skips
+    (random access and cache=True: seeded permutations of indices;
+    TFRecord files and tfds: seeded chunk orders and windows,
+    record_reader.py; other tfds datasets read and drop it).
+    `cache` holds the encoded images in memory (cache.py).
     `extras` {name: array with one row per source example} adds that row to
     each element (e.g. precomputed teacher logits). Training batches are full
     (drop_remainder) unless drop_remainder=False.
