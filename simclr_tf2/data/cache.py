@@ -106,6 +106,7 @@ def cached_source(source, indices: np.ndarray,
         log.info("cache: %d encoded images (about %.2f GB) held in memory",
                  len(indices), need / 2 ** 30)
         tables[key] = table
+
     def encoded(i):
         return table.lookup(tf.cast(i, tf.int64))
     return dataclasses.replace(source, load=lambda i: decode_image_data(encoded(i)),

@@ -153,6 +153,9 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                             "examples")
     known = skips.known_mask(source.skip_log, len(source)) if repeat else None
     random_access = source.load is not None and not cache
+    # Sequential sources that can seek (TFRecord files): seeded chunk orders
+    # and windows, started where `skip` ends without reading it.
+    seekable = not random_access and training and encoded and source._stream is not None
     if random_access:
         # Permute and skip cheap indices; read and decode only what is used.
         ds = _index_stream(indices, seed, training, repeat, known, skip)
@@ -163,26 +166,17 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
 
         def read(index):
             return load(index)
-    elif training and encoded and source._stream is not None:
-        # Sequential sources that can seek (TFRecord files): seeded chunk
-        # orders and windows, started where `skip` ends without reading it.
-        ds = source._stream(indices, seed, shuffle_buffer, skip, known, repeat)
-        key = "encoded"
-
-        def index_of(example):
-            return example["index"]
-
-        def read(example):
-            return example[key]
     else:
-        ds = (source.encoded_dataset(indices, seed if training else None) if encoded
-              else source.dataset(indices))
         key = "encoded" if encoded else "image"
-        if cache:
-            ds = ds.cache()
-        if training:
-            ds = ds.shuffle(min(shuffle_buffer, len(indices)) or 1, seed=seed,
-                            reshuffle_each_iteration=True)
+        if seekable:
+            ds = source._stream(indices, seed, shuffle_buffer, skip, known, repeat)
+        else:
+            ds = source.encoded_dataset(indices) if encoded else source.dataset(indices)
+            if cache:
+                ds = ds.cache()
+            if training:
+                ds = ds.shuffle(min(shuffle_buffer, len(indices)) or 1, seed=seed,
+                                reshuffle_each_iteration=True)
 
         def index_of(example):
             return example["index"]
@@ -197,7 +191,6 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
         out.update({k: tf.gather(v, index) for k, v in extra_tensors.items()})
         return out
 
-    seekable = training and encoded and source._stream is not None and not random_access
     if not random_access and not seekable:
         if repeat:
             ds = ds.repeat()

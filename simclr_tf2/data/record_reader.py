@@ -49,7 +49,6 @@ class RecordReader:
         table = np.asarray(table, np.int64).reshape(-1, 5)
         self.chunk_file, self.chunk_first, self.chunk_count, self.chunk_byte, \
             self.chunk_bytes = table.T
-        self.sizes = [int(x) for x in sizes]
 
     def file_of(self, indices: np.ndarray) -> np.ndarray:
         """The file of each example."""
@@ -201,7 +200,7 @@ class RecordReader:
         def one_pass(p):
             is_first = tf.equal(p, first)
             pass_chunks = tf.random.experimental.stateless_shuffle(
-                chunk_table, seed=_pass_seed_tensor(seed, p))
+                chunk_table, seed=_pass_seed(seed, p))
             begin = tf.where(is_first, tf.constant(j, tf.int64), 0)
             ds = records(pass_chunks[begin:],
                          tf.where(is_first, tf.constant(record_skip, tf.int64), 0), wanted)
@@ -243,12 +242,9 @@ class RecordReader:
         return np.concatenate(out)
 
 
-def _pass_seed(seed: int, p: int) -> tf.Tensor:
-    return tf.constant([seed, p], tf.int64)
-
-
-def _pass_seed_tensor(seed: int, p: tf.Tensor) -> tf.Tensor:
-    return tf.stack([tf.constant(seed, tf.int64), p])
+def _pass_seed(seed, p) -> tf.Tensor:
+    """The seed of pass p's chunk order (p an int or an int64 tensor)."""
+    return tf.stack([tf.constant(seed, tf.int64), tf.cast(p, tf.int64)])
 
 
 def _window_seed(seed, p, w) -> tf.Tensor:

@@ -30,9 +30,9 @@ class Source:
     # files (folders): random crops then decode only what they use (decode.py).
     load_encoded: Optional[Callable[[tf.Tensor], tf.Tensor]] = None
     # Sequential sources that store encoded images (tfds, TFRecord shards):
-    # (indices, shuffle_seed) -> like `_make`, with 'encoded' (string scalar)
-    # in place of 'image'; shuffle_seed shuffles the files each epoch.
-    _make_encoded: Optional[Callable[..., tf.data.Dataset]] = None
+    # indices -> like `_make` (in the stored order), with 'encoded' (string
+    # scalar) in place of 'image'.
+    _make_encoded: Optional[Callable[[np.ndarray], tf.data.Dataset]] = None
     # Examples are encoded images that may fail to decode: pipelines skip
     # those where they meet them and record them in `skip_log` (skips.py);
     # `describe(index)` says why one failed.
@@ -71,14 +71,13 @@ class Source:
             return self.load_encoded is not None
         return self._make_encoded is not None
 
-    def encoded_dataset(self, indices: Optional[np.ndarray] = None,
-                        shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
+    def encoded_dataset(self, indices: Optional[np.ndarray] = None) -> tf.data.Dataset:
         """Like `dataset`, with the encoded image file under 'encoded'."""
         if self._make_encoded is None:
             raise ValueError(f"source {self.name!r} does not store encoded images")
         if indices is None:
             indices = np.arange(len(self))
-        return self._make_encoded(np.asarray(indices, np.int64), shuffle_seed)
+        return self._make_encoded(np.asarray(indices, np.int64))
 
     def with_skip_log(self, directory: Optional[str],
                       report: Callable[[str], None] = log.warning) -> "Source":
@@ -92,12 +91,12 @@ class Source:
 
 
 def records_backed(name: str, split: str, ids, labels: np.ndarray, classes: List[str],
-                    reader: RecordReader, location: str, problem: str) -> Source:
-    """A source read by a `RecordReader` (shards, tfds)."""
+                   reader: RecordReader, location: str, problem: str) -> Source:
+    """A source read by a `RecordReader` (shards, tfds); training reads
+    `reader.stream`."""
     label_tensor = tf.constant(labels)
 
-    def make_encoded(indices, shuffle_seed=None):
-        del shuffle_seed  # training reads `stream`
+    def make_encoded(indices):
         return reader.encoded(indices, label_tensor)
 
     def make(indices):

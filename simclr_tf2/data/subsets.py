@@ -98,6 +98,15 @@ def labelled_subset(source: Source, fraction: float = 1.0,
     return indices
 
 
+def row_lookup(indices: np.ndarray):
+    """A function: examples (each one of `indices`) -> their rows in
+    `indices`, for tables with one row per example of a subset."""
+    indices = np.asarray(indices)
+    order = np.argsort(indices, kind="stable")
+    ordered = indices[order]
+    return lambda examples: order[np.searchsorted(ordered, examples)]
+
+
 def write_ids(path: str, source: Source, indices: np.ndarray) -> None:
     """The ids of the examples `indices`, one per line, written atomically
     to `path` on any TensorFlow filesystem (label_ids_file reads them)."""

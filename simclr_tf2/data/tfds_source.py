@@ -100,9 +100,9 @@ def _tfds_records(name, split, info, instructions, skip_images, id_key, labelled
         return features.deserialize_example(record, decoders=skip_images)["image"]
 
     reader = RecordReader(files, header["counts"], np.arange(len(ids)), parse,
-                                  header["chunk_offsets"], header["sizes"], header["chunk"])
+                          header["chunk_offsets"], header["sizes"], header["chunk"])
     return records_backed(name, split, ids, labels, names, reader, name,
-                           "its stored image cannot be decoded")
+                          "its stored image cannot be decoded")
 
 
 def _scan_tfds(files, instructions, features, skip_images, id_key, labelled,
@@ -188,8 +188,7 @@ def _tfds_reader(name, split, builder, skip_images, id_key, label_feature, names
         encoded = builder.as_dataset(split=split, shuffle_files=False,
                                      read_config=read_config, decoders=skip_images)
 
-        def make_encoded(indices, shuffle_seed=None):
-            del shuffle_seed  # read in the stored order (numbered by position)
+        def make_encoded(indices):  # in the stored order (numbered by position)
             return numbered(indices, encoded).map(
                 lambda i, x: {"encoded": x["image"], "label": label_of(x), "index": i},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

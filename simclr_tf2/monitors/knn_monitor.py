@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from simclr_tf2.configs.schema import DataConfig
 from simclr_tf2.data import build_from_config, distribute
+from simclr_tf2.data.subsets import row_lookup
 from simclr_tf2.monitors.representation import effective_rank, knn_predict
 
 
@@ -56,8 +57,7 @@ class Embedder:
                         "index": b["index"]}
             return strategy.run(replica, args=(batch,))
         self.forward = forward
-        order = np.argsort(self.indices, kind="stable")
-        self._sorted, self._order = self.indices[order], order
+        self._row_of = row_lookup(self.indices)
 
     def traces(self) -> int:
         """How many times the forward function has been traced."""
@@ -73,7 +73,7 @@ class Embedder:
                      for k in per_replica}
             index = np.concatenate(local.pop("index"))
             keep = index >= 0  # eval batches are padded with index -1
-            rows = self._order[np.searchsorted(self._sorted, index[keep])]
+            rows = self._row_of(index[keep])
             filled[rows] = True
             for name, parts in local.items():
                 values = np.concatenate(parts)[keep]

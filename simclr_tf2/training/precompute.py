@@ -3,7 +3,6 @@ recomputed after supervised training, the teacher's logits before
 distillation, and the frozen network's features before cached linear eval."""
 import hashlib
 import io
-import json
 import time
 from typing import Dict, Optional, Tuple
 
@@ -12,7 +11,9 @@ import tensorflow as tf
 
 from simclr_tf2.configs.schema import ExperimentConfig
 from simclr_tf2.data import build_from_config, distribute
+from simclr_tf2.data.subsets import row_lookup
 from simclr_tf2.errors import RunError
+from simclr_tf2.rundir import read_json, write_json
 from simclr_tf2.training.bn_stats import recompute_bn_statistics
 from simclr_tf2.training.learner import Learner
 
@@ -72,14 +73,12 @@ def precompute_teacher_logits(teacher, config: ExperimentConfig, source, indices
     indices = np.asarray(indices, np.int64)
     stamp = {"teacher": teacher_name, "examples": len(source),
              "indices": hashlib.sha1(indices.tobytes()).hexdigest()}
-    if keep and tf.io.gfile.exists(keep) and tf.io.gfile.exists(keep + ".json"):
-        with tf.io.gfile.GFile(keep + ".json") as f:
-            if json.load(f) == stamp:
-                with tf.io.gfile.GFile(keep, "rb") as f:
-                    table = np.load(io.BytesIO(f.read()))
-                if verbose:
-                    print(f"teacher logits read from {keep}", flush=True)
-                return table
+    if keep and tf.io.gfile.exists(keep) and read_json(keep + ".json") == stamp:
+        with tf.io.gfile.GFile(keep, "rb") as f:
+            table = np.load(io.BytesIO(f.read()))
+        if verbose:
+            print(f"teacher logits read from {keep}", flush=True)
+        return table
     start = time.time()
     table = None
     batch = config.train.eval_batch_size
@@ -106,8 +105,7 @@ def precompute_teacher_logits(teacher, config: ExperimentConfig, source, indices
         with tf.io.gfile.GFile(keep + ".tmp", "wb") as f:
             f.write(buffer.getvalue())
         tf.io.gfile.rename(keep + ".tmp", keep, overwrite=True)
-        with tf.io.gfile.GFile(keep + ".json", "w") as f:
-            f.write(json.dumps(stamp))
+        write_json(keep + ".json", stamp)
     return table
 
 
@@ -136,8 +134,7 @@ def frozen_features(learner: Learner, config: ExperimentConfig, source, indices,
                        "2 GB table: use a label fraction or drop "
                        "--linear_eval_cache_features")
     table = np.zeros([len(indices), dim], np.float32)
-    sorted_order = np.argsort(indices, kind="stable")
-    sorted_indices = indices[sorted_order]
+    row_of = row_lookup(indices)
 
     @tf.function(reduce_retracing=True)  # the last batch may be smaller
     def forward(images):
@@ -150,7 +147,7 @@ def frozen_features(learner: Learner, config: ExperimentConfig, source, indices,
                                       repeat=False, drop_remainder=False):
         index = element["index"].numpy()
         keep = index >= 0  # an image that did not decode left a padding example
-        rows = sorted_order[np.searchsorted(sorted_indices, index[keep])]
+        rows = row_of(index[keep])
         table[rows] = tf.cast(forward(element["image"]), tf.float32).numpy()[keep]
         filled[rows] = True
     if verbose:

@@ -26,8 +26,8 @@ from simclr_tf2.errors import NonFiniteLossError, RunError  # noqa: F401 (re-exp
 from simclr_tf2.export.hub import ExportError, export_hub_modules
 from simclr_tf2.monitors.knn_monitor import KnnMonitor, monitor_subset
 from simclr_tf2.rundir import (MONITOR_FILE, MONITOR_SUMMARIES, SUBSET_FILE, TEACHER_LOGITS,
-                               TRAIN_SUMMARIES, has_checkpoint, path, read_json, run_dir_of, trained_mode,
-                               write_json, write_record)
+                               TRAIN_SUMMARIES, has_checkpoint, path, read_json, run_dir_of,
+                               trained_mode, write_json, write_record)
 from simclr_tf2.training.distribution import is_chief, make_strategy
 from simclr_tf2.training.evaluator import evaluate
 from simclr_tf2.training.initialisation import init_model, summary
