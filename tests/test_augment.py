@@ -242,9 +242,14 @@ def test_crop_and_resize_cuts_the_window_and_resizes_uint8_like_float():
 
 def _recipe_view(image, seed, size, strength, blur, flip):
     """The pretraining view composed from the single augmentations, one after
-    another, with the sub-seeds the recipe documents."""
+    another, with the sub-seeds the recipe documents; the crop rounded to
+    8 bits (as --augment_on=device ships it)."""
     crop_seed, flip_seed, color_seed, blur_seed = augment.split_seed(seed, 4)
     view = augment.random_resized_crop(image, crop_seed, size)
+    view = tf.cast(tf.round(view * 255), tf.uint8)
+    assert np.abs(view.numpy() / 255 - augment.random_resized_crop(
+        image, crop_seed, size).numpy()).max() <= 0.5 / 255 + 1e-6
+    view = tf.cast(view, tf.float32) / 255
     if flip:
         view = augment.random_flip(view, flip_seed)
     view = augment.random_color_distortion(view, color_seed, strength)

@@ -225,15 +225,15 @@ def test_index_stream_permutes_each_pass_and_skips_without_producing():
     """Random-access sources: every pass a permutation of the kept indices
     (a new one per pass), the counter each index's position in the stream of
     whole passes, and a skip of k the same as the stream from k on."""
-    from simclr_tf2.data.pipeline import _index_stream
+    from simclr_tf2.data.index_stream import index_stream as _index_stream
     indices = np.arange(3, 23, dtype=np.int64)  # 20 of a source of 30
     known = np.zeros(30, bool)
     known[[4, 17]] = True
     kept = sorted(set(indices.tolist()) - {4, 17})
 
-    def take(skip, count):
+    def take(skip, count, parts=1):
         stream = _index_stream(indices, seed=5, shuffle=True, repeat=True, known=known,
-                               skip=skip).take(count)
+                               skip=skip, parts=parts).take(count)
         return np.array([(int(c), int(i)) for c, i in stream.as_numpy_iterator()])
     full = take(0, 3 * 18)
     passes = [full[p * 18:(p + 1) * 18] for p in range(3)]
@@ -248,8 +248,13 @@ def test_index_stream_permutes_each_pass_and_skips_without_producing():
     assert all(position[i] == c for c, i in passes[0])
     for skip in (7, 18, 41):
         np.testing.assert_array_equal(take(skip, 10), full[skip:skip + 10])
+    # Cut into parts (for a tf.data service's workers): the same stream.
+    for parts, skip in ((4, 0), (7, 0), (4, 25), (18, 41)):
+        np.testing.assert_array_equal(take(skip, 3 * 18 - skip, parts), full[skip:])
     one = _index_stream(indices, 5, False, False, None, 3)  # evaluation order
     assert [int(i) for _, i in one.as_numpy_iterator()] == list(range(6, 23))
+    cut = _index_stream(indices, 5, False, False, None, 3, parts=6)
+    assert [int(i) for _, i in cut.as_numpy_iterator()] == list(range(6, 23))
 
 
 @pytest.mark.parametrize("cache", [False, True])

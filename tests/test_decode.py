@@ -130,4 +130,11 @@ def test_pipeline_reading_files_gives_the_views_of_decoded_images(photo_folder, 
         a = next(iter(build_dataset(source, mode, 6, size, seed=3, xla_augment=xla)))
         b = next(iter(build_dataset(decoded, mode, 6, size, seed=3, xla_augment=xla)))
         for key in a:  # uint8 vs float resize: round-off, a little more after XLA
-            np.testing.assert_allclose(a[key], b[key], atol=3e-6, err_msg=key)
+            if mode == "finetune" or key not in ("view1", "view2"):
+                np.testing.assert_allclose(a[key], b[key], atol=3e-6, err_msg=key)
+                continue
+            # Pretraining crops are rounded to 8 bits: where the two crops
+            # straddle a rounding point by round-off, a pixel moves by 1/255
+            # (then up to 1.8 x 1.8 by contrast and saturation).
+            off = np.abs(a[key] - b[key]) > 3e-6
+            assert off.mean() < 0.005 and np.abs(a[key] - b[key]).max() < 4 / 255, key

@@ -9,6 +9,7 @@ import tf_keras
 
 from conftest import mirrored_strategy
 from simclr_tf2 import get_preset
+from simclr_tf2.data import build_dataset, builtin_source
 from simclr_tf2.data.builtin import load_builtin
 from simclr_tf2.training import Learner, schedule_steps, supervised_loss
 
@@ -144,11 +145,17 @@ def test_multi_replica_steps_equal_one_replica_on_the_same_global_batch(replicas
 def test_replica_step_compiles_with_xla(mode, queue):
     """TPU compatibility: the per-replica step has no op XLA cannot compile.
     The memory case also splits batch norm (shuffled keys, grouped moments);
-    whole-batch BN is the case without memory."""
+    whole-batch BN is the case without memory, and it takes its views as
+    --augment_on=device ships them (8-bit crops and drawn parameters, colour
+    and blur finished inside the step)."""
     splits = 2 if queue else 0
     learner = Learner(_config(batch=8, queue=queue, **{"memory.bn_splits": splits}), mode,
                       total_steps=5)
-    if mode == "pretrain":
+    if mode == "pretrain" and not queue:
+        source = builtin_source("digits", "train", 32)
+        batch = next(iter(build_dataset(source, "pretrain", 8, 32, augment_on="device")))
+        assert batch["view1"].dtype == tf.uint8
+    elif mode == "pretrain":
         batch = _pretrain_batch(8)
     else:
         images, labels = _digits(8)

@@ -17,6 +17,7 @@ LR_SCALINGS = ("linear", "sqrt")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 BN_RECOMPUTE_IMAGES = ("labelled", "all")
 CONTRAST_KEYS = ("online", "momentum", "both")
+AUGMENT_ON = ("auto", "host", "device")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +113,16 @@ class DataConfig:
     xla_augment: bool = setting(True, "XLA-compile the colour distortion of pretraining "
         "views >= 128 px (same views to round-off, 8-14% less CPU at 224 px; compiled once "
         "per process, in under a second).")
+    augment_on: str = setting("auto",
+        "Where pretraining views get their colour distortion and blur: host (in the"
+        " tf.data pipeline) or device (the host ships 8-bit crops and each view's drawn"
+        " parameters; the replica step applies them to the whole batch: same views to"
+        " round-off, host CPU freed for decoding); auto: device when the replicas are"
+        " GPUs or TPUs, host on a CPU-only run.")
+    data_service: Optional[str] = setting(None,
+        "grpc://host:port of a tf.data service dispatcher (python -m"
+        " simclr_tf2.data_service) that runs the training input pipeline on its workers;"
+        " each example still comes once per pass, with the same views as locally.")
     shuffle_buffer: int = setting(10000,
         "TFRecord shards and tfds: each pass reads chunks of 64 records in a seeded order"
         " and permutes every this many consecutive examples (about three such windows of"
@@ -134,6 +145,10 @@ class DataConfig:
         check_range("color_jitter_strength", self.color_jitter_strength, 0)
         check_range("crop_area_min", self.crop_area_min, 0, 1, low_inclusive=False)
         check_range("shuffle_buffer", self.shuffle_buffer, 0)
+        check_choice("augment_on", self.augment_on, AUGMENT_ON)
+        check(not self.data_service or self.data_service.startswith("grpc://"),
+              "data_service must be the dispatcher's address, grpc://host:port. "
+              f"Received: {self.data_service!r}")
         check(self.dataset not in ("folder", "tfrecord") or bool(self.data_dir),
               f"dataset={self.dataset!r} needs data_dir pointing at the "
               f"{'image folder' if self.dataset == 'folder' else 'TFRecord shards'}. "

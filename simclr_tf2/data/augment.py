@@ -6,7 +6,7 @@ output, so pipelines are deterministic however many threads run them.
 Hand-written: tf.image has the primitives (crop box sampling, colour ops) but
 not SimCLR's composition (random order, per-image blur, crop-then-resize).
 """
-from typing import Callable, Sequence
+from typing import Sequence
 
 import tensorflow as tf
 
@@ -28,12 +28,6 @@ def split_seed(seed: tf.Tensor, num: int) -> Sequence[tf.Tensor]:
 
 def _uniform(seed, low, high, shape=()):
     return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
-
-
-def random_apply(fn: Callable[[tf.Tensor], tf.Tensor], p: float,
-                 image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """fn(image) with probability p, else image."""
-    return tf.cond(_uniform(seed, 0.0, 1.0) < p, lambda: fn(image), lambda: image)
 
 
 # ---------------------------------------------------------------- geometry
@@ -226,13 +220,18 @@ def blur_sigma(seed: tf.Tensor) -> tf.Tensor:
     return _uniform(seed, *BLUR_SIGMA_RANGE)
 
 
+def blur_draws(seed: tf.Tensor, p: float = BLUR_PROB):
+    """(whether random_blur(image, seed) blurs, its sigma)."""
+    apply_seed, sigma_seed = split_seed(seed, 2)
+    return _uniform(apply_seed, 0.0, 1.0) < p, blur_sigma(sigma_seed)
+
+
 def random_blur(image: tf.Tensor, seed: tf.Tensor, image_size: int,
                 p: float = BLUR_PROB) -> tf.Tensor:
     """Per-image Gaussian blur with probability p, sigma ~ U[0.1, 2.0]."""
-    apply_seed, sigma_seed = split_seed(seed, 2)
-    sigma = blur_sigma(sigma_seed)
-    return random_apply(lambda x: gaussian_blur(x, sigma, blur_kernel_size(image_size)),
-                        p, image, apply_seed)
+    apply, sigma = blur_draws(seed, p)
+    return tf.cond(apply, lambda: gaussian_blur(image, sigma, blur_kernel_size(image_size)),
+                   lambda: image)
 
 
 # ----------------------------------------------------------------- recipes
@@ -272,25 +271,45 @@ _flip_and_distort_xla = tf.function(lambda images, flips, colour_params: _flip_a
 XLA_MIN_SIZE = 128
 
 
+def to_uint8(image: tf.Tensor) -> tf.Tensor:
+    """An image in [0, 1] rounded to 8 bits."""
+    return tf.cast(tf.round(image * 255.0), tf.uint8)
+
+
+def from_uint8(image: tf.Tensor) -> tf.Tensor:
+    """8-bit pixels as float32 in [0, 1]."""
+    return tf.cast(image, tf.float32) * (1.0 / 255.0)
+
+
+def pretrain_draws(seed: tf.Tensor, color_strength: float = 1.0, blur: bool = True,
+                   flip: bool = True):
+    """Every random choice of a pretraining view after its crop: (flip?,
+    color_distortion_params, blur?, blur sigma)."""
+    _, flip_seed, color_seed, blur_seed = split_seed(seed, 4)
+    blurs, sigma = blur_draws(blur_seed)
+    return (flip_draw(flip_seed) if flip else tf.constant(False),
+            color_distortion_params(color_seed, color_strength),
+            tf.logical_and(blurs, blur), sigma)
+
+
 def pretrain_views_of_crops(crops, seeds, size: int, color_strength: float = 1.0,
                             blur: bool = True, flip: bool = True,
                             xla: bool = False) -> list:
     """pretrain_view for each seed, given its crop already cut and resized
     (crop_and_resize of the window pretrain_window drew from the same seed).
+    Crops are rounded to 8 bits first (at most 1/510 per pixel), the form in
+    which `--augment_on=device` ships them: both give the same views.
     `xla` compiles the colour arithmetic of all of them into one call."""
-    flips, colours, blurs = [], [], []
-    for seed in seeds:
-        _, flip_seed, color_seed, blur_seed = split_seed(seed, 4)
-        flips.append(flip_draw(flip_seed) if flip else tf.constant(False))
-        colours.append(color_distortion_params(color_seed, color_strength))
-        blurs.append(blur_seed)
+    draws = [pretrain_draws(seed, color_strength, blur, flip) for seed in seeds]
+    crops = tuple(from_uint8(to_uint8(c)) for c in crops)
     distort = _flip_and_distort_xla if xla else _flip_and_distort
-    views = distort(tuple(crops), tuple(flips), tuple(colours))
+    views = distort(crops, tuple(d[0] for d in draws), tuple(d[1] for d in draws))
     # Crops, colour ops and colour drop keep [0, 1]; only the blur needs the
     # final clip (round-off).
     if blur:
-        views = [tf.clip_by_value(random_blur(v, s, size), 0.0, 1.0)
-                 for v, s in zip(views, blurs)]
+        kernel = blur_kernel_size(size)
+        views = [tf.clip_by_value(tf.cond(d[2], lambda v=v, d=d: gaussian_blur(
+            v, d[3], kernel), lambda v=v: v), 0.0, 1.0) for v, d in zip(views, draws)]
     return [tf.ensure_shape(v, [size, size, 3]) for v in views]
 
 

@@ -5,7 +5,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf2.data.pipeline import _index_stream, per_replica_batch_size, shard_indices
+from simclr_tf2.data.index_stream import index_stream
+from simclr_tf2.data.pipeline import per_replica_batch_size, shard_indices
 from simclr_tf2.errors import DataError
 
 
@@ -35,7 +36,7 @@ def feature_dataset(features: np.ndarray, labels: np.ndarray, indices: np.ndarra
     label_of = tf.constant(np.asarray(labels)[indices])
     # A seeded permutation moves positions, whatever they hold: permuting
     # rows here permutes `indices` as build_dataset does.
-    ds = _index_stream(rows, seed, True, True, None, start_step * local_batch * replicas_here)
+    ds = index_stream(rows, seed, True, True, None, start_step * local_batch * replicas_here)
     ds = ds.map(lambda counter, row: {"features": tf.gather(table, row),
                                       "label": tf.gather(label_of, row),
                                       "index": tf.gather(index_of, row)},

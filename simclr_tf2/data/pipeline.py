@@ -1,6 +1,7 @@
 """tf.data pipelines: shard, shuffle, augment, batch, prefetch.
 
-Elements: pretrain {'view1', 'view2', 'label', 'index'}; finetune and eval
+Elements: pretrain {'view1', 'view2', 'label', 'index'} (with augment_on
+'device': 8-bit views and device_augment.PARAMS_KEY); finetune and eval
 {'image', 'label', 'index'}. Training batches are static (drop_remainder, for
 TPU); the last eval batch is padded to full size with label -1 and index -1
 (every loss and metric here ignores label -1), so eval covers every example
@@ -13,8 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf2.configs.schema import DataConfig
-from simclr_tf2.data import augment, decode, skips
+from simclr_tf2.data import augment, decode, device_augment, skips
 from simclr_tf2.data.cache import cached_source
+from simclr_tf2.data.index_stream import index_stream, service_parts
 from simclr_tf2.data.sources import Source
 from simclr_tf2.errors import DataError
 
@@ -91,7 +93,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                   start_step: int = 0,
                   extras: Optional[Dict[str, np.ndarray]] = None,
                   drop_remainder: Optional[bool] = None,
-                  xla_augment: bool = True) -> tf.data.Dataset:
+                  xla_augment: bool = True, augment_on: str = "host",
+                  service: Optional[str] = None) -> tf.data.Dataset:
     """Batches of `batch_size` (per replica when `input_context` is given, in
     which case `batch_size` is the global batch) for `mode`.
 
@@ -111,7 +114,15 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     only the region they use (decode.py; same pixels); `xla_augment`
     compiles the colour arithmetic of pretraining views of at least
     augment.XLA_MIN_SIZE px (same views to float32 round-off, less CPU).
+    `augment_on='device'` leaves the colour distortion and blur of
+    pretraining views to the replica step (device_augment.py): views are
+    8-bit flipped crops plus their drawn parameters. `service`
+    (grpc://host:port of a tf.data service dispatcher) runs a training
+    pipeline on the service's workers (data_service.py).
     """
+    if augment_on not in ("host", "device"):
+        raise DataError("augment_on must be 'host' or 'device' here (resolve 'auto' "
+                        f"with training.distribution.augment_on). Received: {augment_on!r}")
     if mode not in PIPELINE_MODES:
         raise DataError(f"mode must be one of {list(PIPELINE_MODES)}. Received: {mode!r}")
     training = mode != "eval"
@@ -139,7 +150,8 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     encoded = not cache and source.has_encoded and (training or source.load is None)
     xla = xla_augment and image_size >= augment.XLA_MIN_SIZE
     read_view, finish_view = _view_fns(mode, image_size, color_strength, blur,
-                                       crop_area_min, flip, xla, encoded)
+                                       crop_area_min, flip, xla, encoded,
+                                       device=augment_on == "device")
     replicas_here = 1
     if input_context is not None:
         replicas_here = max(input_context.num_replicas_in_sync
@@ -153,12 +165,18 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                             "examples")
     known = skips.known_mask(source.skip_log, len(source)) if repeat else None
     random_access = source.load is not None and not cache
+    service = service if training else None
+    if service and not random_access:
+        raise DataError("data_service reads image folders and built-in data (random "
+                        "access); this source is read in sequence or cached in memory "
+                        "(cache=True): run without data_service or without cache")
     # Sequential sources that can seek (TFRecord files): seeded chunk orders
     # and windows, started where `skip` ends without reading it.
     seekable = not random_access and training and encoded and source._stream is not None
     if random_access:
         # Permute and skip cheap indices; read and decode only what is used.
-        ds = _index_stream(indices, seed, training, repeat, known, skip)
+        parts = service_parts(len(indices)) if service else 1
+        ds = index_stream(indices, seed, training, repeat, known, skip, parts)
         load = source.load_encoded if encoded else source.load
 
         def index_of(index):
@@ -222,7 +240,7 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
             return tf.cond(ok, lambda: out, lambda: _padding_like(out))
         # Dropping in place hides errors before the map too: only over a
         # stream of indices (not a cached stream of decoded images).
-        in_place = repeat and random_access
+        in_place = repeat and random_access and not service  # service: splittable
         ds = skips.guarded_map(ds, decoded, index_of, source.skip_log,
                                keep_failed=not repeat,
                                out_zeros=_decoded_zeros(mode, image_size) if in_place else None)
@@ -240,42 +258,12 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_optimization.map_parallelization = True
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-
-def _index_stream(indices: np.ndarray, seed: int, shuffle: bool, repeat: bool,
-                  known: Optional[np.ndarray], skip: int) -> tf.data.Dataset:
-    """(counter, index) in reading order over `indices`: pass p is a
-    permutation seeded by (seed, p) when `shuffle` (one op over all N, not a
-    buffer of N filled element by element), counter its position in the
-    stream of all passes (the augmentation seed: p * N + i). Examples marked
-    in `known` are left out before the first `skip` are: a resumed run then
-    reads what an uninterrupted one did, which dropped them when met. The
-    skip starts at the right pass and offset without producing what it skips
-    (a restart at epoch 90 costs one permutation, not 90 epochs of indices)."""
-    size = len(indices)
-    kept = size if known is None else int(np.count_nonzero(~known[indices]))
-    if kept == 0:
-        raise DataError("every example this pipeline reads has failed to decode before "
-                        "(the run's skipped/ folder): check the data")
-    first, offset = divmod(skip, kept) if repeat else (0, skip)
-    table = tf.constant(indices)
-    bad = tf.constant(known) if known is not None else None
-
-    def one_pass(p):
-        order = table
-        if shuffle:
-            order = tf.random.experimental.stateless_shuffle(
-                table, seed=tf.stack([tf.constant(seed, tf.int64), p]))
-        counters = p * size + tf.range(size, dtype=tf.int64)
-        if bad is not None:
-            good = tf.logical_not(tf.gather(bad, order))
-            order, counters = tf.boolean_mask(order, good), tf.boolean_mask(counters, good)
-        start = tf.where(tf.equal(p, first), tf.constant(offset, tf.int64), 0)
-        return tf.data.Dataset.from_tensor_slices((counters[start:], order[start:]))
-
-    passes = tf.data.Dataset.range(first, np.iinfo(np.int64).max if repeat else 1)
-    return passes.flat_map(one_pass)
+    ds = ds.with_options(options)
+    if service:
+        # Dynamic sharding: workers take the stream's parts in turn.
+        ds = ds.apply(tf.data.experimental.service.distribute(
+            tf.data.experimental.service.ShardingPolicy.DYNAMIC, service))
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _decoded_zeros(mode: str, image_size: int) -> Dict[str, tf.Tensor]:
@@ -294,8 +282,8 @@ def _unstacked(decoded, mode):
 
 
 def _view_fns(mode: str, image_size: int, color_strength: float, blur: bool,
-              crop_area_min: float, flip: bool, xla: bool = False, encoded: bool = False
-              ) -> Tuple[Callable, Callable]:
+              crop_area_min: float, flip: bool, xla: bool = False, encoded: bool = False,
+              device: bool = False) -> Tuple[Callable, Callable]:
     """(read_view, finish_view): read_view(image or encoded file, seed) is
     the part of the views that reads the image (the crops, or the eval view),
     the part that fails on a bad file; finish_view(that, seed) -> the
@@ -314,6 +302,9 @@ def _view_fns(mode: str, image_size: int, color_strength: float, blur: bool,
 
         def views(pair_of_crops, seed):
             seeds = augment.split_seed(seed, 2)
+            if device:
+                return device_augment.crops_to_ship(list(pair_of_crops), seeds,
+                                                    color_strength, blur, flip)
             pair_of_views = augment.pretrain_views_of_crops(
                 list(pair_of_crops), seeds, image_size, color_strength, blur, flip, xla)
             return {"view1": pair_of_views[0], "view2": pair_of_views[1]}
@@ -339,8 +330,10 @@ def build_from_config(config: DataConfig, source: Source, mode: str, batch_size:
                       input_context: Optional[tf.distribute.InputContext] = None,
                       repeat: Optional[bool] = None, start_step: int = 0,
                       extras: Optional[Dict[str, np.ndarray]] = None,
-                      drop_remainder: Optional[bool] = None) -> tf.data.Dataset:
-    """`build_dataset` with the augmentation and input settings of `config`."""
+                      drop_remainder: Optional[bool] = None,
+                      augment_on: str = "host") -> tf.data.Dataset:
+    """`build_dataset` with the augmentation and input settings of `config`
+    (`augment_on` as resolved for the run's devices: training.distribution)."""
     return build_dataset(source, mode, batch_size, config.image_size, indices,
                          color_strength=config.color_jitter_strength,
                          blur=config.use_blur, seed=config.seed,
@@ -348,7 +341,8 @@ def build_from_config(config: DataConfig, source: Source, mode: str, batch_size:
                          shuffle_buffer=config.shuffle_buffer, cache=config.cache,
                          repeat=repeat, input_context=input_context,
                          start_step=start_step, extras=extras,
-                         drop_remainder=drop_remainder, xla_augment=config.xla_augment)
+                         drop_remainder=drop_remainder, xla_augment=config.xla_augment,
+                         augment_on=augment_on, service=config.data_service)
 
 
 def distribute(strategy: tf.distribute.Strategy,

@@ -42,3 +42,20 @@ def is_chief(strategy) -> bool:
     task_type, task_id = resolver.task_type, resolver.task_id
     return task_type in (None, "chief") or (task_type == "worker" and task_id == 0
                                             and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def augment_on(setting: str, strategy: tf.distribute.Strategy) -> str:
+    """'host' or 'device' for DataConfig.augment_on: 'auto' is device when
+    the replicas are GPUs or TPUs (the host's cores are then the input's
+    limit), host when they are CPUs (the same cores do both; per image the
+    host's ops are as cheap: bench/RESULTS.md, "Augmentation on the device")."""
+    if setting != "auto":
+        return setting
+    try:
+        devices = strategy.extended.worker_devices
+    except (RuntimeError, AttributeError):
+        devices = ()
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return "device"
+    return "device" if devices and all(
+        "GPU" in d.upper() or "TPU" in d.upper() for d in devices) else "host"

@@ -13,6 +13,7 @@ import tf_keras
 
 from simclr_tf2.configs.modes import TRAIN_MODES
 from simclr_tf2.configs.schema import ExperimentConfig, check
+from simclr_tf2.data import device_augment
 from simclr_tf2.layers.conv_bn import batch_norm_splits
 from simclr_tf2.memory import MomentumEncoder, NegativeQueue
 from simclr_tf2.models.simclr_model import SimCLRModel, model_config_for, model_mode
@@ -308,6 +309,8 @@ class Learner(tf.Module):
         computed before the update and enqueued after it, and the EMA update
         follows the optimizer step.
         """
+        # Views the host shipped as 8-bit crops get their colour and blur here.
+        batch = device_augment.finish_views(batch)
         keys = None
         splits = self.config.memory.bn_splits if self.mode == "pretrain" else 1
         if self.momentum_encoder is not None:

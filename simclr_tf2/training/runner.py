@@ -28,7 +28,7 @@ from simclr_tf2.monitors.knn_monitor import KnnMonitor, monitor_subset
 from simclr_tf2.rundir import (MONITOR_FILE, MONITOR_SUMMARIES, SUBSET_FILE, TEACHER_LOGITS,
                                TRAIN_SUMMARIES, has_checkpoint, path, read_json, run_dir_of,
                                trained_mode, write_json, write_record)
-from simclr_tf2.training.distribution import is_chief, make_strategy
+from simclr_tf2.training.distribution import augment_on, is_chief, make_strategy
 from simclr_tf2.training.evaluator import evaluate
 from simclr_tf2.training.initialisation import init_model, summary
 from simclr_tf2.training.learner import Learner, schedule_steps
@@ -99,6 +99,7 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
             say(verbose, "zero_init_logits_layer: the supervised head starts at zero")
     start = int(learner.step.numpy())
     pipeline_mode = "pretrain" if mode == "pretrain" else "finetune"
+    placed = augment_on(config.data.augment_on, strategy)
     if (mode == "linear_eval" and config.train.linear_eval_cache_features
             and start < steps.total_steps):
         features, indices = frozen_features(learner, config, source, indices, verbose)
@@ -108,7 +109,7 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
     else:
         dataset = distribute(strategy, lambda ctx: build_from_config(
             config.data, source, pipeline_mode, global_batch, indices,
-            input_context=ctx, start_step=start, extras=extras))
+            input_context=ctx, start_step=start, extras=extras, augment_on=placed))
     trainer = SimCLRTrainer(learner, strategy, dataset, steps.total_steps,
                             global_batch, verbose=verbose, skip_log=source.skip_log)
     summary_dir = path(run_config.model_dir, TRAIN_SUMMARIES) if chief else None
@@ -126,7 +127,9 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
         _image_summaries(summary_dir, config, source, indices, pipeline_mode)
     if verbose:
         print(f"{mode}: {len(indices)} examples, batch {global_batch} on {replicas} "
-              f"replica(s), steps {start} -> {steps.total_steps}", flush=True)
+              f"replica(s), steps {start} -> {steps.total_steps}"
+              + (", colour and blur on the device" if mode == "pretrain"
+                 and placed == "device" else ""), flush=True)
     if source.skip_log is not None and len(source.skip_log.known):
         say(verbose, f"{len(source.skip_log.known)} image(s) that did not decode before "
                      "are left out (see skipped/ in the run directory)")
