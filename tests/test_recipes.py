@@ -314,3 +314,34 @@ def test_a_folder_in_a_bucket_trains_exactly_like_on_local_disk(place, tmp_path)
     assert report["local"]["pretrain"] == report["ram"]["pretrain"]
     assert report["local"]["first"] == report["ram"]["first"]
     assert done.stderr.count("left out 1 file(s)") >= 2  # notes.txt, in both places
+
+
+def test_data_service_recipe_feeds_training_from_a_local_dispatcher_and_worker(place):
+    """The dispatcher and a worker as the recipe starts them (processes, on
+    free ports of this machine), then the trainer reading from them."""
+    dispatch, work, trainer = (localise(c, place) for c in recipe("data-service"))
+    assert dispatch[:3] == work[:3] == ["python", "-m", "simclr_tf2.data_service"]
+    servers = []
+    try:
+        def start(argv):
+            args = [a if not a.startswith("--port=") else "--port=0" for a in argv[1:]]
+            server = subprocess.Popen([sys.executable, *args], cwd=ROOT, text=True,
+                                      stdout=subprocess.PIPE)
+            servers.append(server)
+            return server.stdout.readline()
+        line = start(dispatch)
+        target = re.search(r"grpc://localhost:\d+", line).group(0)
+        work = [a.replace("dispatcher-host:5050", target[len("grpc://"):]) for a in work
+                if not a.startswith("--worker_address")]
+        assert "worker of" in start(work)
+        trainer = [a.replace("grpc://dispatcher-host:5050", target) for a in trainer]
+        bucket = os.path.dirname(_flag(trainer, "data_dir"))
+        os.makedirs(bucket, exist_ok=True)
+        if not os.path.exists(_flag(trainer, "data_dir")):
+            os.symlink(place / "data" / "unlabeled", _flag(trainer, "data_dir"))
+        assert train(trainer, [*SMALL, *TINY_MODEL, "--nosync_bn", "--noexport_at_end",
+                               "--precision=float32", "--strategy=one_device"]) == 0
+        assert tf.train.latest_checkpoint(_flag(trainer, "model_dir"))
+    finally:
+        for server in servers:
+            server.kill()

@@ -136,6 +136,12 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     if drop_remainder and len(indices) < local_batch:
         raise DataError(f"{len(indices)} examples cannot fill one batch of "
                         f"{local_batch}: lower the batch size")
+    service = service if training else None
+    if service and ((cache and source.has_encoded) or source.load is None):
+        raise DataError("data_service reads image folders and built-in data from their "
+                        "files and arrays; this source is read in sequence (TFRecord, "
+                        "tfds) or held in this process's memory (cache=True): run "
+                        "without data_service or without cache")
     if cache:
         # Encoded images held in memory (cache.py), read by index; sources
         # already in memory (built-in arrays) need none.
@@ -165,11 +171,6 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
                             "examples")
     known = skips.known_mask(source.skip_log, len(source)) if repeat else None
     random_access = source.load is not None and not cache
-    service = service if training else None
-    if service and not random_access:
-        raise DataError("data_service reads image folders and built-in data (random "
-                        "access); this source is read in sequence or cached in memory "
-                        "(cache=True): run without data_service or without cache")
     # Sequential sources that can seek (TFRecord files): seeded chunk orders
     # and windows, started where `skip` ends without reading it.
     seekable = not random_access and training and encoded and source._stream is not None

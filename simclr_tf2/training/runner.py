@@ -129,7 +129,9 @@ def train(config: ExperimentConfig, run_config: RunConfig, strategy,
         print(f"{mode}: {len(indices)} examples, batch {global_batch} on {replicas} "
               f"replica(s), steps {start} -> {steps.total_steps}"
               + (", colour and blur on the device" if mode == "pretrain"
-                 and placed == "device" else ""), flush=True)
+                 and placed == "device" else "")
+              + (f", input from the tf.data service at {config.data.data_service}"
+                 if config.data.data_service else ""), flush=True)
     if source.skip_log is not None and len(source.skip_log.known):
         say(verbose, f"{len(source.skip_log.known)} image(s) that did not decode before "
                      "are left out (see skipped/ in the run directory)")
