@@ -23,6 +23,17 @@ in fine-tuning mode (one view: crop and flip) both ways (`finetune_...`);
 for the 500x375 case, without the XLA-compiled colour call as well
 (`pretrain_no_xla_...`, `--xla_augment=false`).
 
+Every case also measures `--augment_on=device` (`device_...`): the host's
+part (decode, crop, resize, flip, 8-bit views and drawn parameters: the
+pipeline the trainer then reads) and the batched colour and blur that the
+replica step applies (`device_augment.finish_views` on batches of that
+pipeline, compiled as in the step; on this machine the device is this CPU),
+in rounds alternating with the host-augmented pipeline: medians, and the
+medians of the per-round ratios `device_host_over_host` (host CPU freed)
+and `device_total_over_host` (host part + batched ops over the host-only
+augmentation: above 1 the batched ops cost this CPU more than the per-image
+ones).
+
 `--baseline REV` also measures the library pipeline of git revision REV
 (checked out in a temporary worktree) in the same run: child processes
 alternate, REV then this checkout, `--rounds` times, each measuring every
@@ -152,9 +163,50 @@ def measure(folders, seconds, naive):
                 _, cpu, _, first = _rate(plain, batch, seconds)
                 row.update({"pretrain_no_xla_cpu_ms_per_image": round(cpu, 3),
                             "pretrain_no_xla_first_batch_s": round(first, 2)})
+            row.update(_device_rows(tf, build_dataset, source, size, strength, blur, batch,
+                                    seconds))
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows
+
+
+def _device_rows(tf, build_dataset, source, size, strength, blur, batch, seconds, rounds=2):
+    """--augment_on=device against host augmentation (see the module note)."""
+    from simclr_tf2.data import device_augment
+    settings = dict(color_strength=strength, blur=blur, shuffle_buffer=1000)
+    host = build_dataset(source, "pretrain", batch, size, **settings)
+    shipped = build_dataset(source, "pretrain", batch, size, augment_on="device", **settings)
+    batches = [b for _, b in zip(range(4), shipped)]
+
+    @tf.function
+    def finish(b):  # a scalar out: the views are made, not copied back
+        views = device_augment.finish_views(b)
+        return tf.reduce_sum(views["view1"]) + tf.reduce_sum(views["view2"])
+    start = time.perf_counter()
+    finish(batches[0]).numpy()
+    first = time.perf_counter() - start
+
+    def ops_rate():
+        count, start, cpu_start = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - start < seconds:
+            finish(batches[count // batch % len(batches)]).numpy()
+            count += batch
+        return 1000 * (time.process_time() - cpu_start) / count
+    measured = {"host": [], "device_host": [], "device_ops": []}
+    for _ in range(rounds):
+        measured["host"].append(_rate(host, batch, seconds)[1])
+        measured["device_host"].append(_rate(shipped, batch, seconds)[1])
+        measured["device_ops"].append(ops_rate())
+    median = {k: statistics.median(v) for k, v in measured.items()}
+    per_round = list(zip(measured["host"], measured["device_host"], measured["device_ops"]))
+    return {"device_round_host_cpu_ms_per_image": round(median["host"], 3),
+            "device_host_cpu_ms_per_image": round(median["device_host"], 3),
+            "device_ops_cpu_ms_per_image": round(median["device_ops"], 3),
+            "device_ops_first_call_s": round(first, 2),
+            "device_host_over_host": round(statistics.median(
+                d / h for h, d, _ in per_round), 3),
+            "device_total_over_host": round(statistics.median(
+                (d + o) / h for h, d, o in per_round), 3)}
 
 
 def _file_path_rows(build_dataset, source, size, strength, blur, batch, seconds):
@@ -207,7 +259,7 @@ def compare(baseline_rows, current_rows):
         row["cpu_vs_baseline"] = round(statistics.median(ratios), 3)
         row["cpu_vs_baseline_per_round"] = [round(r, 3) for r in ratios]
         for key, value in after[0].items():  # measured once: naive, file path
-            if key.startswith(("naive_", "speedup_", "pretrain_", "finetune")):
+            if key.startswith(("naive_", "speedup_", "pretrain_", "finetune", "device_")):
                 row[key] = value
         report.append(row)
     return report

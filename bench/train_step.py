@@ -11,7 +11,16 @@ Prints JSON. Per case and precision, on one replica:
   online probe, NT-Xent, LARS, probe SGD), with batch norm as the learner
   builds it on one replica (plain, fused);
 - pretrain_sync_bn: the same step with the synchronised batch-norm layer
-  the learner used on one replica before (to measure that choice).
+  the learner used on one replica before (to measure that choice);
+- pretrain_device_augment: the pretraining step fed views as
+  --augment_on=device ships them (8-bit crops and drawn parameters; colour
+  distortion and blur done inside the step). On this CPU the "device" is
+  the CPU: the ratio to `pretrain` says whether the batched ops cost more or
+  less there than nothing (they replace per-image host work, which
+  bench/input_pipeline.py measures).
+With --xla (default on) the step with host views and with device views is
+also compiled with XLA (jit_compile, as on a TPU), reporting each one's
+compile time (first call minus a compiled step) and the difference.
 The three are timed in rounds, one step of each per round (after two
 warm-up steps each), so drift on a shared machine hits them alike; step
 times are medians, ratios the median of the per-round ratios.
@@ -95,23 +104,61 @@ def backbone_step(backbone, size, batch):
     return _compiled(step, (images, labels))
 
 
-def pretrain_step(config, size, batch, synchronized):
+def shipped_views(size, batch, num_classes):
+    """A pretraining batch as --augment_on=device ships it: 8-bit crops of
+    random pixels and the parameters drawn for them by the library."""
+    from simclr_tf2.data import augment, device_augment
+    crops = tf.random.uniform([batch, size, size, 3])
+    rows = [device_augment.crops_to_ship([crops[i], crops[i]], augment.split_seed(
+        tf.constant([0, i], tf.int64), 2)) for i in range(batch)]
+    out = {k: tf.stack([r[k] for r in rows]) for k in rows[0]}
+    out["label"] = tf.random.uniform([batch], 0, num_classes, tf.int64)
+    return out
+
+
+def _learner(config, synchronized=False):
     import simclr_tf2.training.learner as learner_module
     from simclr_tf2.training import Learner
     replicas = learner_module._num_replicas
     if synchronized:  # the synchronised layer on one replica, as before
         learner_module._num_replicas = lambda: 2
     try:
-        learner = Learner(config, "pretrain", total_steps=1000, warmup_steps=10)
+        return Learner(config, "pretrain", total_steps=1000, warmup_steps=10)
     finally:
         learner_module._num_replicas = replicas
-    views = {"view1": tf.random.uniform([batch, size, size, 3]),
-             "view2": tf.random.uniform([batch, size, size, 3]),
-             "label": tf.random.uniform([batch], 0, config.model.num_classes, tf.int64)}
-    return _compiled(tf.function(learner.replica_step), (views,))
 
 
-def run_case(name, steps, precision, matmul_fps):
+def _views(config, size, batch, device_views):
+    if device_views:
+        return shipped_views(size, batch, config.model.num_classes)
+    return {"view1": tf.random.uniform([batch, size, size, 3]),
+            "view2": tf.random.uniform([batch, size, size, 3]),
+            "label": tf.random.uniform([batch], 0, config.model.num_classes, tf.int64)}
+
+
+def pretrain_step(config, size, batch, synchronized, device_views=False):
+    learner = _learner(config, synchronized)
+    return _compiled(tf.function(learner.replica_step),
+                     (_views(config, size, batch, device_views),))
+
+
+def xla_compile_seconds(config, size, batch, device_views):
+    """Seconds to compile the replica step with XLA: the first call (trace,
+    compile, one step) minus the median of two compiled steps."""
+    step = tf.function(_learner(config).replica_step, jit_compile=True)
+    views = _views(config, size, batch, device_views)
+    start = time.perf_counter()
+    tf.nest.map_structure(lambda t: t.numpy(), step(views))
+    first = time.perf_counter() - start
+    again = []
+    for _ in range(2):
+        start = time.perf_counter()
+        tf.nest.map_structure(lambda t: t.numpy(), step(views))
+        again.append(time.perf_counter() - start)
+    return first - statistics.median(again)
+
+
+def run_case(name, steps, precision, matmul_fps, xla=True):
     preset, overrides, size, batch = CASES[name]
     config = get_preset(preset).override(**{
         "train.train_batch_size": batch, "train.precision": precision,
@@ -127,7 +174,15 @@ def run_case(name, steps, precision, matmul_fps):
             "backbone": backbone_step(backbone, size, 2 * batch),
             "pretrain": pretrain_step(config, size, batch, synchronized=False),
             "pretrain_sync_bn": pretrain_step(config, size, batch, synchronized=True),
+            "pretrain_device_augment": pretrain_step(config, size, batch, False, True),
         }, steps)
+        compile_times = {}
+        if xla:
+            for label, device_views in (("host_views", False), ("device_views", True)):
+                compile_times[label] = round(
+                    xla_compile_seconds(config, size, batch, device_views), 2)
+            compile_times["device_minus_host"] = round(
+                compile_times["device_views"] - compile_times["host_views"], 2)
     finally:
         tf_keras.mixed_precision.set_global_policy("float32")
     views = 2 * batch
@@ -146,7 +201,11 @@ def run_case(name, steps, precision, matmul_fps):
             "views_per_step": views, "forward_gflops_per_image": round(flops / 1e9, 3),
             **{k: rate(v) for k, v in median.items()},
             "pretrain_over_backbone": ratio("backbone", "pretrain"),
-            "plain_bn_speedup_over_sync": ratio("pretrain_sync_bn", "pretrain")}
+            "plain_bn_speedup_over_sync": ratio("pretrain_sync_bn", "pretrain"),
+            # > 1: the step with the colour and blur of its views costs more.
+            "device_augment_step_over_pretrain": ratio("pretrain_device_augment",
+                                                       "pretrain"),
+            "xla_compile_seconds": compile_times}
 
 
 def main(argv=None):
@@ -154,13 +213,16 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the XLA compilation of the step (float32 only)")
     args = parser.parse_args(argv)
     native = cpu_has_bf16()
     matmul_before = matmul_flops_per_second()
     results = []
     for precision in args.precisions.split(","):
         for name in args.cases.split(","):
-            results.append(run_case(name, args.steps, precision, matmul_before))
+            results.append(run_case(name, args.steps, precision, matmul_before,
+                                    xla=args.xla and precision == "float32"))
     matmul_after = matmul_flops_per_second()
     by_key = {(r["case"], r["precision"]): r for r in results}
     for name in args.cases.split(","):

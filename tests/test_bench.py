@@ -327,6 +327,10 @@ def test_input_pipeline_benchmark_compares_with_a_baseline_revision_in_one_run()
         if case["case"].endswith("jpeg"):  # the file path against whole decodes
             for key in ("pretrain_whole_decode", "finetune", "finetune_whole_decode"):
                 assert case[f"{key}_cpu_ms_per_image"] > 0, key
+        # --augment_on=device: the host's part, the batched ops, their ratios
+        for key in ("device_round_host", "device_host", "device_ops"):
+            assert case[f"{key}_cpu_ms_per_image"] > 0, key
+        assert 0 < case["device_host_over_host"] < case["device_total_over_host"]
     headline = report["cases"][0]  # also measured without the XLA colour call
     assert headline["pretrain_no_xla_cpu_ms_per_image"] > 0
     assert headline["pretrain_no_xla_first_batch_s"] > 0
@@ -389,15 +393,23 @@ def test_train_step_benchmark_times_backbone_and_both_batch_norms(capsys, monkey
     monkeypatch.setattr(train_step, "CASES", {"tiny_32px_b4": ("tiny", {}, 32, 4)})
     monkeypatch.setattr(train_step, "matmul_flops_per_second", lambda: 1e11)
     report = _quiet_main(train_step, ["--steps", "1", "--cases", "tiny_32px_b4",
-                                      "--precisions", "float32"], capsys)
-    assert built == [{False}, {True}]  # plain first, then the synchronised layer
+                                      "--precisions", "float32", "--no-xla"], capsys)
+    # plain, the synchronised layer, plain with device views
+    assert built == [{False}, {True}, {False}]
     (row,) = report["results"]
     assert row["views_per_step"] == 8
-    for variant in ("backbone", "pretrain", "pretrain_sync_bn"):
+    for variant in ("backbone", "pretrain", "pretrain_sync_bn", "pretrain_device_augment"):
         assert row[variant]["images_per_second"] == pytest.approx(
             8 / row[variant]["step_seconds"], rel=2e-2)
     assert row["pretrain_over_backbone"] == pytest.approx(
         row["backbone"]["step_seconds"] / row["pretrain"]["step_seconds"], rel=2e-2)
+    assert row["device_augment_step_over_pretrain"] == pytest.approx(
+        row["pretrain_device_augment"]["step_seconds"] / row["pretrain"]["step_seconds"],
+        rel=2e-2)
+    assert row["xla_compile_seconds"] == {}
+    shipped = train_step.shipped_views(8, 3, 10)
+    assert shipped["view1"].dtype.name == "uint8"
+    assert shipped["view_params"].shape == (3, 2, 12)
     assert report["machine"]["bf16"] in ("native", "emulated")
 
 
