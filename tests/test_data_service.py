@@ -59,13 +59,19 @@ def test_a_cached_source_is_refused_with_the_fix(service, tmp_path):
     assert len(list(build_dataset(source, "eval", 512, 16, service=service))) == 3
 
 
-def test_data_service_settings_are_checked_before_a_run():
+def test_data_service_settings_are_checked_before_a_run(tmp_path):
     from simclr_tf2 import get_preset
+    from simclr_tf2.training.run_config import RunConfig
+    from simclr_tf2.training.validation import validate
     tiny = get_preset("tiny")
     with pytest.raises(ValueError, match="grpc://host:port"):
         tiny.override(**{"data.data_service": "localhost:5050"})
+    run = RunConfig(mode="pretrain", model_dir=str(tmp_path))
     for changes in ({"data.dataset": "tfrecord", "data.data_dir": "/shards"},
                     {"data.dataset": "cifar10"}, {"data.cache": True}):
+        config = tiny.override(**{"data.data_service": "grpc://h:5050", **changes})
         with pytest.raises(ValueError, match="drop data_service"):
-            tiny.override(**{"data.data_service": "grpc://h:5050", **changes})
-    assert tiny.override(**{"data.data_service": "grpc://h:5050"}).data.data_service
+            validate(config, run)
+    for dataset in ("digits", "folder"):
+        validate(tiny.override(**{"data.data_service": "grpc://h:5050",
+                                  "data.dataset": dataset, "data.data_dir": "/images"}), run)

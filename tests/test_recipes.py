@@ -286,10 +286,11 @@ config = get_preset("tiny").override(**{
     "train.summary_interval": 1, "train.checkpoint_interval": 1,
     "export.export_at_end": False, "data.use_blur": False})
 report = {}
-for name, root in (("local", local), ("ram", remote)):
-    data = config.override(**{"data.data_dir": root})
+for name, root, placed in (("local", local, "host"), ("ram", remote, "host"),
+                           ("device", local, "device")):
+    data = config.override(**{"data.data_dir": root, "data.augment_on": placed})
     pre = run(data, RunConfig(mode="pretrain", model_dir=f"{out}/{name}_pre",
-                              deterministic=True), verbose=False)
+                              deterministic=True), verbose=placed == "device")
     report[name] = {"pretrain": [float(np.sum(w)) for w in pre["learner"].model.get_weights()],
                     "first": pre["learner"].model.get_weights()[0].tolist()}
 print(json.dumps(report))
@@ -299,7 +300,7 @@ print(json.dumps(report))
 def test_a_folder_in_a_bucket_trains_exactly_like_on_local_disk(place, tmp_path):
     """ram:// stands in for gs://: the same examples and skipped files give
     the same weights (deterministic runs, one process so both see the ram://
-    folder). Subsets, evaluation and shards on ram:// are compared example
+    folder); and the run with --augment_on=device the same to round-off. Subsets, evaluation and shards on ram:// are compared example
     by example in test_folders_and_shards.py and test_data_pipeline.py."""
     bad = place / "data" / "labelled" / "train" / "c0" / "notes.txt"
     bad.write_text("not an image")
@@ -314,6 +315,13 @@ def test_a_folder_in_a_bucket_trains_exactly_like_on_local_disk(place, tmp_path)
     assert report["local"]["pretrain"] == report["ram"]["pretrain"]
     assert report["local"]["first"] == report["ram"]["first"]
     assert done.stderr.count("left out 1 file(s)") >= 2  # notes.txt, in both places
+    # --augment_on=device: the same run, its colour done inside the step: the
+    # same weights to round-off
+    np.testing.assert_allclose(report["device"]["first"], report["local"]["first"],
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(report["device"]["pretrain"], report["local"]["pretrain"],
+                               rtol=1e-4, atol=1e-5)
+    assert "colour and blur on the device" in done.stdout
 
 
 def test_data_service_recipe_feeds_training_from_a_local_dispatcher_and_worker(place):

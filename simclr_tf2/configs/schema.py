@@ -149,23 +149,10 @@ class DataConfig:
         check(not self.data_service or self.data_service.startswith("grpc://"),
               "data_service must be the dispatcher's address, grpc://host:port. "
               f"Received: {self.data_service!r}")
-        check(not self.data_service or (not self.cache and self.dataset not in
-                                        ("tfrecord",) and not _is_tfds(self.dataset)),
-              "data_service reads image folders and built-in data; TFRecord shards and "
-              "tfds datasets are read in sequence and cache=True holds images in this "
-              "process: drop data_service, or use a folder without cache. Received: "
-              f"dataset={self.dataset!r}, cache={self.cache}")
         check(self.dataset not in ("folder", "tfrecord") or bool(self.data_dir),
               f"dataset={self.dataset!r} needs data_dir pointing at the "
               f"{'image folder' if self.dataset == 'folder' else 'TFRecord shards'}. "
               "Received: data_dir=None")
-
-
-def _is_tfds(dataset: str) -> bool:
-    """Whether make_source reads `dataset` through tfds (not built in, not a
-    folder or shards)."""
-    from simclr_tf2.data.builtin import BUILTIN_DATASETS
-    return dataset not in BUILTIN_DATASETS and dataset not in ("folder", "tfrecord")
 
 
 @dataclasses.dataclass(frozen=True)

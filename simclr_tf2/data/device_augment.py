@@ -66,11 +66,16 @@ def color_jitter(images: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
     order puts there: brightness and contrast are computed for the whole
     batch, saturation and hue share one HSV round trip (each image's hue
     shift or saturation factor applies only where its op is that one), and a
-    select keeps each image's op; then the clip, as on the host."""
+    select keeps each image's op; then the clip, as on the host. The
+    positions are the steps of a while loop: its carried batch is stored
+    between steps, where unrolled steps let XLA fuse (and recompute) each
+    into the next (measured: 10% less CPU on this one; a closed form of
+    saturation and hue without HSV, unrolled, 8x more)."""
+    orders = tf.cast(tf.round(params[:, _COLUMN["order0"]:_COLUMN["order3"] + 1]), tf.int32)
     value_shape = tf.shape(images)[:3]
-    for position in range(4):
-        op = tf.cast(tf.round(params[:, _COLUMN[f"order{position}"]]), tf.int32)
-        op = tf.reshape(op, [-1, 1, 1, 1])
+
+    def position_step(position, images):
+        op = tf.reshape(tf.gather(orders, position, axis=1), [-1, 1, 1, 1])
         bright = images * _column(params, "brightness")
         mean = tf.reduce_mean(images, [1, 2], keepdims=True)
         contrast = (images - mean) * _column(params, "contrast") + mean
@@ -82,8 +87,10 @@ def color_jitter(images: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
         saturation = tf.where(tf.equal(op3, 2), scaled, saturation)
         hsv = tf.image.hsv_to_rgb(tf.stack([hue, saturation, value], axis=-1))
         out = tf.where(tf.equal(op, 0), bright, tf.where(tf.equal(op, 1), contrast, hsv))
-        images = tf.clip_by_value(out, 0.0, 1.0)
-    return images
+        return position + 1, tf.ensure_shape(tf.clip_by_value(out, 0.0, 1.0), images.shape)
+
+    return tf.while_loop(lambda position, _: position < 4, position_step,
+                         (tf.constant(0), images))[1]
 
 
 def color_drop(images: tf.Tensor) -> tf.Tensor:
@@ -183,10 +190,9 @@ def finish_views(batch: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     host shipped them for it (PARAMS_KEY present); other batches as they are."""
     if PARAMS_KEY not in batch:
         return batch
-    n = tf.shape(batch["view1"])[0]
     params = batch[PARAMS_KEY]
-    views = distort(tf.concat([batch["view1"], batch["view2"]], 0),
-                    tf.concat([params[:, 0], params[:, 1]], 0))
     out = {k: v for k, v in batch.items() if k != PARAMS_KEY}
-    out["view1"], out["view2"] = views[:n], views[n:]
+    # View by view: no copy of the two into one batch and back.
+    for i, key in enumerate(("view1", "view2")):
+        out[key] = distort(batch[key], params[:, i])
     return out

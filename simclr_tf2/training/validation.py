@@ -12,6 +12,7 @@ from typing import Dict, List
 import tensorflow as tf
 
 from simclr_tf2.configs.schema import ExperimentConfig, check
+from simclr_tf2.data.builtin import BUILTIN_DATASETS
 from simclr_tf2.errors import DataError, RunError
 from simclr_tf2.export.official import is_savedmodel_dir
 from simclr_tf2.rundir import has_checkpoint, read_record, resolve_checkpoint, trained_mode
@@ -25,7 +26,7 @@ HOUSEKEEPING = {
     "train": {"steps_per_loop", "summary_interval", "checkpoint_interval",
               "checkpoint_epochs", "keep_checkpoint_max", "eval_batch_size", "eval_steps"},
     "data": {"data_dir", "index_dir", "eval_split", "cache", "tfds_download",
-             "verify_images"},
+             "verify_images", "augment_on", "data_service"},
     "monitor": "*", "export": "*",
 }
 
@@ -33,6 +34,13 @@ HOUSEKEEPING = {
 def validate(config: ExperimentConfig, run_config: RunConfig) -> None:
     """Rejects incompatible settings before anything is written."""
     training = run_config.training_mode
+    data = config.data
+    check(not data.data_service or (not data.cache and (data.dataset == "folder"
+                                                        or data.dataset in BUILTIN_DATASETS)),
+          "data_service reads image folders and built-in data; TFRecord shards and tfds "
+          "datasets are read in sequence and cache=True holds images in this process: "
+          "drop data_service, or use a folder without cache. Received: "
+          f"dataset={data.dataset!r}, cache={data.cache}")
     if training == "pretrain":
         check(config.model.fine_tune_after_block == -1,
               "fine_tune_after_block freezes layers for fine-tuning; pretraining "
