@@ -63,6 +63,7 @@ CASES = [("224px_from_500x375_jpeg", (500, 375), 224, 1.0, True, 32),
          ("224px_from_256px_jpeg", (256, 256), 224, 1.0, True, 32),
          ("224px_from_1000x750_jpeg", (1000, 750), 224, 1.0, True, 32),
          ("32px_digits", None, 32, 0.5, False, 128)]
+DEVICE_ROUNDS = [2]  # --device_rounds
 
 
 def write_jpegs(folder, count, size):
@@ -164,13 +165,13 @@ def measure(folders, seconds, naive):
                 row.update({"pretrain_no_xla_cpu_ms_per_image": round(cpu, 3),
                             "pretrain_no_xla_first_batch_s": round(first, 2)})
             row.update(_device_rows(tf, build_dataset, source, size, strength, blur, batch,
-                                    seconds))
+                                    seconds, DEVICE_ROUNDS[0]))
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows
 
 
-def _device_rows(tf, build_dataset, source, size, strength, blur, batch, seconds, rounds=2):
+def _device_rows(tf, build_dataset, source, size, strength, blur, batch, seconds, rounds):
     """--augment_on=device against host augmentation (see the module note)."""
     from simclr_tf2.data import device_augment
     settings = dict(color_strength=strength, blur=blur, shuffle_buffer=1000)
@@ -229,7 +230,8 @@ def _child(code_root, folders, seconds, naive):
     env = dict(os.environ, PYTHONPATH=code_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     command = [sys.executable, os.path.abspath(__file__), "--_child", json.dumps(folders),
                "--seconds", str(seconds), "--cases", ",".join(c[0] for c in CASES)] + (
-                   ["--_naive"] if naive else [])
+                   ["--_naive"] if naive else []) + (  # a baseline may not know it
+                   ["--device_rounds", str(DEVICE_ROUNDS[0])] if code_root == ROOT else [])
     done = subprocess.run(command, env=env, cwd=code_root, stdout=subprocess.PIPE, check=True,
                           text=True)
     return json.loads(done.stdout)
@@ -274,10 +276,13 @@ def main():
                         help="with --baseline: measurements of each, alternating")
     parser.add_argument("--cases", default=",".join(c[0] for c in CASES),
                         help="which cases (comma-separated names)")
+    parser.add_argument("--device_rounds", type=int, default=2,
+                        help="rounds of the --augment_on=device comparison per case")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     parser.add_argument("--_naive", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     CASES[:] = [case for case in CASES if case[0] in args.cases.split(",")]
+    DEVICE_ROUNDS[0] = args.device_rounds
     if args._child:
         print(json.dumps(measure(json.loads(args._child), args.seconds, args._naive)))
         return

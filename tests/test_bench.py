@@ -306,7 +306,8 @@ def test_input_pipeline_benchmark_compares_with_a_baseline_revision_in_one_run()
     cases = ["224px_from_500x375_jpeg", "32px_digits"]  # of 4: the test's cost
     result = subprocess.run([sys.executable, os.path.join(BENCH, "input_pipeline.py"),
                              "--images", "32", "--seconds", "0.5", "--baseline", "HEAD",
-                             "--rounds", "1", "--cases", ",".join(cases)],
+                             "--rounds", "1", "--device_rounds", "1",
+                             "--cases", ",".join(cases)],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout[result.stdout.index("{\n"):])

@@ -76,4 +76,5 @@ def test_data_service_settings_are_checked_before_a_run(tmp_path):
             validate(config, run)
     for dataset in ("digits", "folder"):
         validate(tiny.override(**{"data.data_service": "grpc://h:5050",
-                                  "data.dataset": dataset, "data.data_dir": "/images"}), run)
+                                  "data.dataset": dataset, "data.data_dir": str(tmp_path)}),
+                 run)
