@@ -6,9 +6,13 @@ host-augmented one (augment.pretrain_draws, same seeds), cuts, resizes and
 flips the crop, and ships it as 8-bit pixels with its choices packed in a
 row of `PARAMS`. The replica step then applies the colour jitter (in each
 image's drawn order), the colour drop and the blur to the whole batch at
-once: batched ops with per-image parameters, no per-image loop, compiled by
-XLA. The views equal the host's to float32 round-off (tests/test_device_augment.py),
-so the choice moves the cost, not the results.
+once: batched ops with per-image parameters, no per-image loop; the colour
+compiled by XLA, the blur (see `distort`) through only the images drawn for
+it, or under XLA (a TPU step) through all of them. The views equal the
+host's to float32 round-off (tests/test_device_augment.py), so the choice
+moves the cost, not the results. On a CPU the batched ops cost 10-25% more
+than the host's per-image ones (bench/RESULTS.md, "Augmentation on the
+device"): `--augment_on=auto` uses them on GPUs and TPUs only.
 
 Hand-written: tf.image's adjust_* ops take one factor per call, not one per
 image, and the blur's kernel differs per image.
@@ -69,7 +73,7 @@ def color_jitter(images: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
     select keeps each image's op; then the clip, as on the host. The
     positions are the steps of a while loop: its carried batch is stored
     between steps, where unrolled steps let XLA fuse (and recompute) each
-    into the next (measured: 10% less CPU on this one; a closed form of
+    into the next (measured on a CPU: 10% less time than unrolled; a closed form of
     saturation and hue without HSV, unrolled, 8x more)."""
     orders = tf.cast(tf.round(params[:, _COLUMN["order0"]:_COLUMN["order3"] + 1]), tf.int32)
     value_shape = tf.shape(images)[:3]
