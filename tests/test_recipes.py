@@ -150,9 +150,12 @@ def test_hardware_recipes_run_on_logical_devices(place, capsys):
     gpus, workers, tpu = (localise(c, place) for c in recipe("hardware"))
     # several GPUs: the same command on two logical CPU devices
     assert "--strategy=mirrored" in gpus
+    # with the GPUs' default augmentation placement (auto: device on GPUs)
     assert train(gpus, [*SMALL, *TINY_MODEL, "--num_cpu_devices=2",
-                        "--precision=float32", "--noexport_at_end"]) == 0
-    assert "on 2 replica(s)" in capsys.readouterr().out
+                        "--precision=float32", "--noexport_at_end",
+                        "--augment_on=device"]) == 0
+    assert "on 2 replica(s), steps 0 -> 2, colour and blur on the device" in \
+        capsys.readouterr().out
     # several machines: TF_CONFIG names the cluster (run as local processes
     # in test_train_cli.py); here the command's own settings
     assert workers[0].startswith("TF_CONFIG=") and "--strategy=multi_worker_mirrored" in workers

@@ -283,7 +283,8 @@ def test_two_local_workers_train_and_write_one_checkpoint(tmp_path):
     model_dir = str(tmp_path / "mw")
     args = ["--preset=tiny", "--mode=pretrain", "--strategy=multi_worker_mirrored",
             "--train_steps=4", "--steps_per_loop=2", "--summary_interval=2",
-            "--checkpoint_interval=4", "--train_batch_size=16", f"--model_dir={model_dir}"]
+            "--checkpoint_interval=4", "--train_batch_size=16", f"--model_dir={model_dir}",
+            "--augment_on=device"]  # colour and blur in each worker's replica step
     processes = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
@@ -294,7 +295,7 @@ def test_two_local_workers_train_and_write_one_checkpoint(tmp_path):
     outputs = [p.communicate(timeout=600)[0].decode() for p in processes]
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
-    assert "on 2 replica(s)" in outputs[0]
+    assert "on 2 replica(s), steps 0 -> 4, colour and blur on the device" in outputs[0]
     # Only the chief writes to model_dir (the other worker's temporary copy is
     # removed); the first checkpoint comes after the first loop, the last at the end.
     assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-4")
