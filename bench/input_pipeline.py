@@ -63,7 +63,6 @@ CASES = [("224px_from_500x375_jpeg", (500, 375), 224, 1.0, True, 32),
          ("224px_from_256px_jpeg", (256, 256), 224, 1.0, True, 32),
          ("224px_from_1000x750_jpeg", (1000, 750), 224, 1.0, True, 32),
          ("32px_digits", None, 32, 0.5, False, 128)]
-DEVICE_ROUNDS = [2]  # --device_rounds
 
 
 def write_jpegs(folder, count, size):
@@ -127,7 +126,7 @@ def _rate(dataset, batch, seconds):
     return count / wall, 1000 * cpu / count, cpu / wall, first
 
 
-def measure(folders, seconds, naive):
+def measure(folders, seconds, naive, device_rounds=2):
     """Every case with the simclr_tf2 on sys.path: a list of dicts."""
     import simclr_tf2  # noqa: F401  (before TensorFlow: quiet start-up, oneDNN)
     import tensorflow as tf
@@ -165,7 +164,7 @@ def measure(folders, seconds, naive):
                 row.update({"pretrain_no_xla_cpu_ms_per_image": round(cpu, 3),
                             "pretrain_no_xla_first_batch_s": round(first, 2)})
             row.update(_device_rows(tf, build_dataset, source, size, strength, blur, batch,
-                                    seconds, DEVICE_ROUNDS[0]))
+                                    seconds, device_rounds))
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows
@@ -225,13 +224,13 @@ def _file_path_rows(build_dataset, source, size, strength, blur, batch, seconds)
     return row
 
 
-def _child(code_root, folders, seconds, naive):
+def _child(code_root, folders, seconds, naive, device_rounds=None):
     """measure() in a fresh process that imports simclr_tf2 from code_root."""
     env = dict(os.environ, PYTHONPATH=code_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     command = [sys.executable, os.path.abspath(__file__), "--_child", json.dumps(folders),
                "--seconds", str(seconds), "--cases", ",".join(c[0] for c in CASES)] + (
                    ["--_naive"] if naive else []) + (  # a baseline may not know it
-                   ["--device_rounds", str(DEVICE_ROUNDS[0])] if code_root == ROOT else [])
+                   ["--device_rounds", str(device_rounds)] if device_rounds else [])
     done = subprocess.run(command, env=env, cwd=code_root, stdout=subprocess.PIPE, check=True,
                           text=True)
     return json.loads(done.stdout)
@@ -282,9 +281,9 @@ def main():
     parser.add_argument("--_naive", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     CASES[:] = [case for case in CASES if case[0] in args.cases.split(",")]
-    DEVICE_ROUNDS[0] = args.device_rounds
     if args._child:
-        print(json.dumps(measure(json.loads(args._child), args.seconds, args._naive)))
+        print(json.dumps(measure(json.loads(args._child), args.seconds, args._naive,
+                                 args.device_rounds)))
         return
     import tensorflow as tf
     results = {"machine": platform.processor() or platform.machine(),
@@ -308,10 +307,11 @@ def main():
             before, after = [], []
             for round_ in range(args.rounds):
                 before.append(_child(baseline_root, folders, args.seconds, False))
-                after.append(_child(ROOT, folders, args.seconds, round_ == 0))
+                after.append(_child(ROOT, folders, args.seconds, round_ == 0,
+                                    args.device_rounds))
             results["cases"] = compare(before, after)
         else:
-            results["cases"] = _child(ROOT, folders, args.seconds, True)
+            results["cases"] = _child(ROOT, folders, args.seconds, True, args.device_rounds)
     finally:
         if args.baseline and os.path.isdir(os.path.join(tmp, "baseline")):
             subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force",

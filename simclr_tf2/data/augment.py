@@ -226,12 +226,17 @@ def blur_draws(seed: tf.Tensor, p: float = BLUR_PROB):
     return _uniform(apply_seed, 0.0, 1.0) < p, blur_sigma(sigma_seed)
 
 
+def apply_blur(image: tf.Tensor, apply: tf.Tensor, sigma: tf.Tensor,
+               image_size: int) -> tf.Tensor:
+    """The blur blur_draws chose (`apply`, `sigma`)."""
+    return tf.cond(apply, lambda: gaussian_blur(image, sigma, blur_kernel_size(image_size)),
+                   lambda: image)
+
+
 def random_blur(image: tf.Tensor, seed: tf.Tensor, image_size: int,
                 p: float = BLUR_PROB) -> tf.Tensor:
     """Per-image Gaussian blur with probability p, sigma ~ U[0.1, 2.0]."""
-    apply, sigma = blur_draws(seed, p)
-    return tf.cond(apply, lambda: gaussian_blur(image, sigma, blur_kernel_size(image_size)),
-                   lambda: image)
+    return apply_blur(image, *blur_draws(seed, p), image_size)
 
 
 # ----------------------------------------------------------------- recipes
@@ -307,9 +312,8 @@ def pretrain_views_of_crops(crops, seeds, size: int, color_strength: float = 1.0
     # Crops, colour ops and colour drop keep [0, 1]; only the blur needs the
     # final clip (round-off).
     if blur:
-        kernel = blur_kernel_size(size)
-        views = [tf.clip_by_value(tf.cond(d[2], lambda v=v, d=d: gaussian_blur(
-            v, d[3], kernel), lambda v=v: v), 0.0, 1.0) for v, d in zip(views, draws)]
+        views = [tf.clip_by_value(apply_blur(v, d[2], d[3], size), 0.0, 1.0)
+                 for v, d in zip(views, draws)]
     return [tf.ensure_shape(v, [size, size, 3]) for v in views]
 
 

@@ -33,9 +33,8 @@ def pack(draws) -> tf.Tensor:
     """One view's augment.pretrain_draws after the flip as a float32 row of
     PARAMS (the order's integers 0-3 are exact in float32)."""
     _, (jitter, order, brightness, contrast, saturation, hue, drop), blur, sigma = draws
-    values = ([tf.cast(jitter, tf.float32)] + tf.unstack(tf.cast(order, tf.float32))
-              + [brightness, contrast, saturation, hue, tf.cast(drop, tf.float32),
-                 tf.cast(blur, tf.float32), sigma])
+    values = [jitter, *tf.unstack(order), brightness, contrast, saturation, hue, drop,
+              blur, sigma]
     return tf.stack([tf.cast(v, tf.float32) for v in values])
 
 
@@ -148,9 +147,9 @@ def _colour(images: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
     return tf.where(_flag(params, "drop"), color_drop(images), images)
 
 
-# The colour arithmetic as one XLA computation wherever the step runs
-# (inlined when the step itself is compiled, as on a TPU): the selects and
-# HSV round trips of the four positions fuse into a few loops over the batch.
+# The colour arithmetic as one XLA computation in a step that is not
+# compiled (CPU, GPU); a compiled step (TPU) takes `_colour` as it is. The
+# selects and HSV round trips of a position fuse into a few loops.
 _colour_compiled = tf.function(_colour, jit_compile=True)
 
 

@@ -354,10 +354,17 @@ def distribute(strategy: tf.distribute.Strategy,
     they are not prefetched "to the device" (that iterator wraps the dataset
     in a generator that tf.data cannot optimise, and says so on every run)."""
     options = None
+    if replicas_on_cpus(strategy):
+        options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
+    return strategy.distribute_datasets_from_function(make, options=options)
+
+
+def replicas_on_cpus(strategy: tf.distribute.Strategy) -> bool:
+    """Whether every replica of `strategy` is a CPU device (the default
+    strategy runs where TensorFlow places ops: on a CPU when no GPU or TPU
+    is visible)."""
     try:
         devices = strategy.extended.worker_devices
     except RuntimeError:  # the default strategy: no device placement of its own
-        devices = ()
-    if devices and all("CPU" in device.upper() for device in devices):
-        options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
-    return strategy.distribute_datasets_from_function(make, options=options)
+        return not any(tf.config.list_logical_devices(kind) for kind in ("GPU", "TPU"))
+    return bool(devices) and all("CPU" in device.upper() for device in devices)

@@ -2,6 +2,7 @@
 import tensorflow as tf
 
 from simclr_tf2.configs.schema import check
+from simclr_tf2.data.pipeline import replicas_on_cpus
 from simclr_tf2.training.run_config import RunConfig
 
 
@@ -51,11 +52,4 @@ def augment_on(setting: str, strategy: tf.distribute.Strategy) -> str:
     host's ops are as cheap: bench/RESULTS.md, "Augmentation on the device")."""
     if setting != "auto":
         return setting
-    try:
-        devices = strategy.extended.worker_devices
-    except (RuntimeError, AttributeError):
-        devices = ()
-    if isinstance(strategy, tf.distribute.TPUStrategy):
-        return "device"
-    return "device" if devices and all(
-        "GPU" in d.upper() or "TPU" in d.upper() for d in devices) else "host"
+    return "host" if replicas_on_cpus(strategy) else "device"
