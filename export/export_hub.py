@@ -8,9 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from absl import app  # noqa: E402
-
-from simclr_tf2.export_cli import main  # noqa: E402
+from simclr_tf2.export_cli import console_main  # noqa: E402
 
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from absl import flags
 
+from simclr_tf2.errors import ConfigError
+from simclr_tf2.tasks import task_for
 
 # tf2/run.py's flags, in its order.
 AUTHORS_FLAGS = (
@@ -113,11 +115,11 @@ def alias_values(flag_values) -> Dict[str, tuple]:
         chosen[alias.target] = (value, name)
     use_tpu = flag_values["use_tpu"]
     if use_tpu.present and not use_tpu.value and flag_values["strategy"].value == "tpu":
-        raise ValueError("--use_tpu=False and --strategy=tpu disagree: give one")
+        raise ConfigError("--use_tpu=False and --strategy=tpu disagree: give one")
     for target, (value, name) in chosen.items():
         ours = flag_values[target]
         if ours.present and ours.value != value:
-            raise ValueError(f"--{name}={flag_values[name].value} and --{target}="
+            raise ConfigError(f"--{name}={flag_values[name].value} and --{target}="
                              f"{ours.value} disagree (--{name} is the authors' name for "
                              f"--{target}): give one")
     return chosen
@@ -164,12 +166,12 @@ def tf1_notices(flag_values, mode: str, ft_proj_selector: int,
 def _variable_schema_notice(pattern: str, mode: str, ft_proj_selector: int,
                             zero_init: bool) -> str:
     head = "--variable_schema is a flag of the authors' TF1 code, ignored"
-    if mode not in ("finetune", "linear_eval", "distill"):
+    if not task_for(mode).supervised:
         return f"{head}: {mode} does not start from a --checkpoint's weights"
     try:
         regex = re.compile(pattern)
     except re.error as error:
-        raise ValueError(f"--variable_schema={pattern!r} is not a regular expression "
+        raise ConfigError(f"--variable_schema={pattern!r} is not a regular expression "
                          f"({error})") from None
     ours = {"the step": False, "the optimizer slots": False, "the backbone": True,
             "the projection head": ft_proj_selector != 0,

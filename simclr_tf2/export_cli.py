@@ -10,21 +10,50 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from simclr_tf2.export.hub import ExportError, export_hub_modules
+from simclr_tf2.errors import ExportError, SimCLRError
+from simclr_tf2.export.hub import export_hub_modules
 
-flags.DEFINE_string("model_dir", None, "Run directory written by simclr_tf2.train.")
-flags.DEFINE_string("checkpoint", None, "Checkpoint prefix to export; default: the "
-                    "latest in --model_dir.")
-flags.DEFINE_string("export_dir", None, "Where to write (relative paths are inside "
-                    "--model_dir); default: the run's export_dir, 'hub'.")
-flags.DEFINE_integer("keep_hub_module_max", None, "Exports to keep (0 = all); default: "
-                     "the run's setting.")
-flags.DEFINE_bool("official_call_convention", None, "Accept the authors' "
-                  "module(images, trainable=...) call as well as training=; default: "
-                  "the run's setting (on unless the run turned it off).")
-flags.DEFINE_integer("step", None, "Name of the export directory; default: the "
-                     "checkpoint's step.")
 FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values=flags.FLAGS) -> None:
+    """The export's flags, defined by the entry point that parses them (not
+    at import), once per `flag_values`."""
+    if "export_dir" in flag_values:
+        return
+    flags.DEFINE_string("model_dir", None, "Run directory written by simclr_tf2.train.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix to export; default: the "
+                        "latest in --model_dir.", flag_values=flag_values)
+    flags.DEFINE_string("export_dir", None, "Where to write (relative paths are inside "
+                        "--model_dir); default: the run's export_dir, 'hub'.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("keep_hub_module_max", None, "Exports to keep (0 = all); "
+                         "default: the run's setting.", flag_values=flag_values)
+    flags.DEFINE_bool("official_call_convention", None, "Accept the authors' "
+                      "module(images, trainable=...) call as well as training=; default: "
+                      "the run's setting (on unless the run turned it off).",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("step", None, "Name of the export directory; default: the "
+                         "checkpoint's step.", flag_values=flag_values)
+
+
+def run_command(flag_values) -> int:
+    """Exports what parsed `flag_values` ask for; returns the exit status (2
+    with one `error:` line for a problem the library names; any other
+    exception propagates with its traceback)."""
+    try:
+        if not flag_values.model_dir:
+            raise ExportError("--model_dir is required (a run directory of simclr_tf2.train)")
+        path = export_hub_modules(
+            flag_values.model_dir, flag_values.export_dir, checkpoint=flag_values.checkpoint,
+            step=flag_values.step, keep_hub_module_max=flag_values.keep_hub_module_max,
+            official_call_convention=flag_values.official_call_convention)
+    except SimCLRError as error:
+        print(f"simclr_tf2.export: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    print(f"exported hub modules to {path}", flush=True)
+    return 0
 
 
 def main(argv):
@@ -32,23 +61,16 @@ def main(argv):
         sys.exit(f"simclr_tf2.export: error: unexpected arguments {argv[1:]}")
     if not FLAGS["verbosity"].present:  # the result is printed; logs: warnings
         absl_logging.set_verbosity(absl_logging.WARNING)
-    try:
-        if not FLAGS.model_dir:
-            raise ExportError("--model_dir is required (a run directory of simclr_tf2.train)")
-        path = export_hub_modules(
-            FLAGS.model_dir, FLAGS.export_dir, checkpoint=FLAGS.checkpoint, step=FLAGS.step,
-            keep_hub_module_max=FLAGS.keep_hub_module_max,
-            official_call_convention=FLAGS.official_call_convention)
-    except (ValueError, ExportError) as error:
-        print(f"simclr_tf2.export: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    print(f"exported hub modules to {path}", flush=True)
+    status = run_command(FLAGS)
+    if status:
+        sys.exit(status)
 
 
 def console_main():
-    """Console script `simclr-tf2-export`."""
+    """Console script `simclr-tf2-export` (and export/export_hub.py)."""
+    define_flags()
     app.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    console_main()

@@ -18,6 +18,7 @@ from simclr_tf2 import authors_flags
 from simclr_tf2.configs.modes import RUN_MODES, TRAIN_MODES
 from simclr_tf2.configs.presets import get_preset, preset_names
 from simclr_tf2.configs.schema import _SECTION_TYPES, ExperimentConfig
+from simclr_tf2.errors import ConfigError
 from simclr_tf2.training.run_config import STRATEGIES, RunConfig
 
 
@@ -186,7 +187,7 @@ def resolve_flags(flag_values=flags.FLAGS, argv: Optional[Sequence[str]] = None,
     for key in _config_keys(config):
         sources.setdefault(key, f"preset {preset}")
     if require_model_dir and flag_values.model_dir is None:
-        raise ValueError("--model_dir is required (where checkpoints and results go)")
+        raise ConfigError("--model_dir is required (where checkpoints and results go)")
     mode, why = authors_flags.resolved_mode(flag_values)
     run = {name: flag_values[name].value for name in _RUN_FLAGS}
     run.update(mode=mode, model_dir=flag_values.model_dir or "(not set)")

@@ -31,7 +31,7 @@ from simclr_tf2.data import listing, records
 from simclr_tf2.data.index import write_index
 from simclr_tf2.data.sources import split_folder
 from simclr_tf2.data.subsets import stratified_subset
-from simclr_tf2.errors import DataError
+from simclr_tf2.errors import ConfigError, DataError, SimCLRError
 
 PROGRESS_SECONDS = 10.0
 
@@ -168,13 +168,13 @@ def run_command(values) -> int:
     (2 with one `error:` line for a bad folder or setting)."""
     try:
         if not values.data_dir or not values.output_dir:
-            raise ValueError("--data_dir and --output_dir are required")
+            raise ConfigError("--data_dir and --output_dir are required")
         fractions = [float(x) for x in values.label_fractions]
         for i, split in enumerate(values.splits):  # label subsets: of the first split
             write_shards(values.data_dir, split, values.output_dir, values.images_per_shard,
                          False if values.unlabeled else None, values.seed, values.threads,
                          fractions if i == 0 else (), values.label_seed)
-    except (DataError, ValueError) as error:
+    except SimCLRError as error:
         print(f"simclr_tf2.make_shards: error: {error}", file=sys.stderr, flush=True)
         return 2
     return 0

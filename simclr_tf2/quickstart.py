@@ -14,6 +14,7 @@ import os
 from typing import Dict, Optional
 
 from simclr_tf2.configs import ExperimentConfig, get_preset
+from simclr_tf2.errors import ConfigError
 
 
 def digits_config(mode: str, steps: int, **overrides) -> ExperimentConfig:
@@ -37,7 +38,7 @@ def digits_config(mode: str, steps: int, **overrides) -> ExperimentConfig:
                     "model.proj_head_mode": "none"},
     }
     if mode not in recipes:
-        raise ValueError(f"mode must be one of {sorted(recipes)}. Received: {mode!r}")
+        raise ConfigError(f"mode must be one of {sorted(recipes)}. Received: {mode!r}")
     return get_preset("tiny").override(**{**common, **recipes[mode], **overrides})
 
 
@@ -47,8 +48,9 @@ def run_stage(config: ExperimentConfig, model_dir: str, mode: str,
               verbose: bool = False) -> dict:
     """Trains `mode` in model_dir (then evaluates on the test split when
     `evaluate` and the mode has a supervised head). Returns runner.run's dict."""
+    from simclr_tf2.tasks import task_for
     from simclr_tf2.training.runner import RunConfig, run
-    run_mode = "train_then_eval" if evaluate and mode != "pretrain" else mode
+    run_mode = "train_then_eval" if evaluate and task_for(mode).supervised else mode
     run_config = RunConfig(mode=run_mode, train_mode=mode, model_dir=model_dir,
                            checkpoint=checkpoint, teacher=teacher,
                            from_scratch=from_scratch)

@@ -25,10 +25,10 @@ from typing import Any, Dict, Optional
 
 import tensorflow as tf
 
-from simclr_tf2.configs.modes import TRAIN_MODES
 from simclr_tf2.configs.schema import ExperimentConfig
 from simclr_tf2.errors import RunError
-from simclr_tf2.models.simclr_model import SimCLRModel, build_model
+from simclr_tf2.models.simclr_model import SimCLRModel
+from simclr_tf2.tasks import recorded_mode, task_for
 
 CONFIG_FILE = "config.json"
 RESULT_FILE = "result.json"
@@ -119,11 +119,7 @@ def trained_mode(model_dir: str, default: str) -> str:
     record = read_record(model_dir)
     if record is None:
         return default
-    recorded = record.get("run", {})
-    mode = recorded.get("mode")
-    if mode in ("eval", "train_then_eval"):
-        return recorded.get("train_mode", default)
-    return mode if mode in TRAIN_MODES else default
+    return recorded_mode(record.get("run", {}), default)
 
 
 @dataclasses.dataclass
@@ -150,7 +146,7 @@ def restore_model(run_or_checkpoint: str, default_mode: str = "pretrain",
     config = config or read_experiment(model_dir)
     checkpoint = resolve_checkpoint(run_or_checkpoint)
     mode = trained_mode(model_dir, default_mode)
-    model = build_model(config, mode)
+    model = task_for(mode).build_model(config)
     # The run's optimizer and memory are in the checkpoint too, not wanted here.
     tf.train.Checkpoint(model=model).read(checkpoint).assert_existing_objects_matched() \
         .expect_partial()

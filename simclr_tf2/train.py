@@ -10,7 +10,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from simclr_tf2.flag_definitions import define_flags, format_resolution, resolve_flags
-from simclr_tf2.errors import DataError, RunError
+from simclr_tf2.errors import SimCLRError
 from simclr_tf2.training.runner import run
 
 FLAGS = flags.FLAGS
@@ -18,8 +18,10 @@ FLAGS = flags.FLAGS
 
 def run_command(flag_values, argv=None) -> int:
     """Runs what parsed `flag_values` ask for; returns the exit status. A
-    configuration or data problem prints one `simclr_tf2.train: error:` line
-    (what is wrong and the fix) and returns 2 before anything is written.
+    problem the library names (a SimCLRError: settings, data, the run, the
+    export) prints one `simclr_tf2.train: error:` line (what is wrong and
+    the fix) and returns 2; settings and data are checked before anything is
+    written. Any other exception is a bug: it propagates with its traceback.
     --dry_run prints the resolved config and returns 0. `argv`: the command
     line (default sys.argv), to tell flagfile values from the command line's."""
     try:
@@ -31,7 +33,7 @@ def run_command(flag_values, argv=None) -> int:
         for notice in resolution.notices:
             print(f"notice: {notice}", flush=True)
         outcome = run(resolution.config, resolution.run_config)
-    except (ValueError, DataError, RunError) as error:
+    except SimCLRError as error:
         print(f"simclr_tf2.train: error: {error}", file=sys.stderr, flush=True)
         return 2
     if outcome["result"] is not None:

@@ -11,7 +11,7 @@ from simclr_tf2 import authors_flags
 from simclr_tf2.flag_definitions import CONFIG_FLAGS, define_flags, resolve_flags
 from simclr_tf2.train import run_command
 from simclr_tf2.training.learner import ScheduleSteps
-from simclr_tf2.training.runner import checkpoint_interval
+from simclr_tf2.training.fit import checkpoint_interval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

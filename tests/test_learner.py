@@ -11,6 +11,7 @@ from conftest import mirrored_strategy
 from simclr_tf2 import get_preset
 from simclr_tf2.data import build_dataset, builtin_source
 from simclr_tf2.data.builtin import load_builtin
+from simclr_tf2.tasks.pretrain import queue_negatives
 from simclr_tf2.training import Learner, schedule_steps, supervised_loss
 
 
@@ -75,7 +76,7 @@ def test_memory_step_moves_ema_and_enqueues_pre_update_keys():
     assert not learner.queue.valid.numpy()[16:].any()
 
 
-def _run_steps(strategy, config, batches, source):
+def _run_steps(strategy, config, batches, source, precision=None):
     """Builds a learner under `strategy` (weights copied from `source`) and
     runs one distributed step per batch; returns (learner, losses)."""
     replicas = strategy.num_replicas_in_sync
@@ -83,7 +84,7 @@ def _run_steps(strategy, config, batches, source):
     target_weights = ([v.numpy() for v in source.momentum_encoder.target.weights]
                       if source.momentum_encoder is not None else [])
     with strategy.scope():
-        learner = Learner(config, "pretrain", total_steps=len(batches))
+        learner = Learner(config, "pretrain", total_steps=len(batches), precision=precision)
         learner.model.set_weights(model_weights)
         if target_weights:
             learner.momentum_encoder.target.set_weights(target_weights)
@@ -110,7 +111,6 @@ def test_multi_replica_steps_equal_one_replica_on_the_same_global_batch(replicas
     by up to ~15% on a few variables (first projection layer), with or
     without replicas."""
     tf_keras.backend.set_floatx("float64")
-    tf_keras.mixed_precision.set_global_policy("float64")
     # tf-models-official's LARS multiplies by Python floats, so float32 only;
     # the optimizer sees the same summed gradients either way.
     # 16 px images (a quarter of the float64 arithmetic): the check is about
@@ -123,9 +123,10 @@ def test_multi_replica_steps_equal_one_replica_on_the_same_global_batch(replicas
                 for k, v in _pretrain_batch(16, offset=16 * i).items()}
                for i in range(3)]
     with mirrored_strategy(1).scope():
-        source = Learner(config, "pretrain", total_steps=3)
-    one, one_losses = _run_steps(mirrored_strategy(1), config, batches, source)
-    many, many_losses = _run_steps(mirrored_strategy(replicas), config, batches, source)
+        source = Learner(config, "pretrain", total_steps=3, precision="float64")
+    one, one_losses = _run_steps(mirrored_strategy(1), config, batches, source, "float64")
+    many, many_losses = _run_steps(mirrored_strategy(replicas), config, batches, source,
+                                   "float64")
     for a, b in zip(one_losses, many_losses):
         for key in ("loss", "contrast_loss", "contrast_acc", "probe_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-7, abs=1e-9), key
@@ -226,8 +227,9 @@ def test_schedule_steps_from_epochs_or_steps():
 
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_steps_are_finite_with_float32_variables(precision):
-    tf_keras.mixed_precision.set_global_policy(precision)
-    learner = Learner(_config(batch=8, queue=16), "pretrain", total_steps=100)
+    learner = Learner(_config(batch=8, queue=16, **{"train.precision": precision}),
+                      "pretrain", total_steps=100)
+    assert tf_keras.mixed_precision.global_policy().name == "float32"  # the caller's
     assert all(v.dtype == tf.float32 for v in learner.model.trainable_variables)
     assert learner.loss_scaling == (precision == "mixed_float16")
     if learner.loss_scaling:
@@ -259,13 +261,13 @@ def test_queue_options_shape_the_negatives_a_step_uses():
     raw, ids = learner.queue.keys.numpy()[:16], learner.queue.ids.numpy()[:16]
     np.testing.assert_array_equal(ids, np.tile(np.arange(8), 2))
     second = dict(first, index=tf.constant([5, 6, 7, 8, 9, 10, 11, 12], tf.int64))
-    keys, valid = learner._queue_negatives(second)
+    keys, valid = queue_negatives(learner, second)
     centred = raw - raw.mean(0)
     np.testing.assert_allclose(keys.numpy()[:16], centred / np.linalg.norm(
         centred, axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
     assert not valid.numpy().any()  # step 1 < warmup_steps 2
     learner.replica_step(dict(first, index=tf.range(100, 108, dtype=tf.int64)))
-    _, valid = learner._queue_negatives(second)  # step 2: the queue is in use
+    _, valid = queue_negatives(learner, second)  # step 2: the queue is in use
     valid = valid.numpy()
     assert valid.shape == (8, 32)
     queue_ids = learner.queue.ids.numpy()

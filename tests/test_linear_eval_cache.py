@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from simclr_tf2 import get_preset
 from simclr_tf2.data import build_dataset, feature_dataset, make_source
-from simclr_tf2.training.runner import RunConfig, run, validate
+from simclr_tf2.training.runner import RunConfig, run
+from simclr_tf2.training.validation import validate
 
 
 def _config(**overrides):

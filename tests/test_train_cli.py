@@ -99,6 +99,27 @@ def test_bad_flags_fail_in_one_line_and_leave_the_model_dir_alone(args, message,
     assert _snapshot(str(model_dir)) == before
 
 
+def test_an_unexpected_error_inside_the_run_keeps_its_traceback(tmp_path, monkeypatch,
+                                                                capsys):
+    """Only the library's own errors (SimCLRError) become one `error:` line
+    and exit 2; a bug (here a ValueError raised where training starts) goes
+    up with its traceback, which absl prints before exiting 1."""
+    import traceback
+    from simclr_tf2.training import runner
+
+    def broken_training(plan, verbose=True):
+        raise ValueError("a bug inside the run")
+    monkeypatch.setattr(runner, "train", broken_training)
+    values = flags.FlagValues()
+    define_flags(values)
+    values(["train", f"--model_dir={tmp_path / 'run'}", "--train_steps=2"])
+    with pytest.raises(ValueError, match="a bug inside the run") as raised:
+        run_command(values)
+    frames = [frame.name for frame in traceback.extract_tb(raised.value.__traceback__)]
+    assert frames[-3:] == ["run_command", "run", "broken_training"], frames
+    assert "error:" not in capsys.readouterr().err
+
+
 def test_a_bad_flag_exits_2_with_one_error_line_from_the_command_line(tmp_path):
     model_dir = tmp_path / "run"
     model_dir.mkdir()

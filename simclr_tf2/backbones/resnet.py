@@ -7,6 +7,7 @@ import tf_keras
 
 from simclr_tf2.backbones.blocks import BlockGroup, ResNetStem
 from simclr_tf2.configs.schema import ModelConfig, check
+from simclr_tf2.errors import ConfigError
 from simclr_tf2.layers.conv_bn import NormSettings
 
 RESNET_SPECS = {
@@ -95,7 +96,7 @@ class ResNet(tf_keras.Model):
 
     def call(self, images, training=None) -> Dict[str, tf.Tensor]:
         if images.shape.rank != 4 or images.shape[-1] != 3:
-            raise ValueError(
+            raise ConfigError(
                 "ResNet expects float images of shape [batch, height, width, 3] "
                 f"in [0, 1]. Received shape: {images.shape}")
         endpoints = dict(self.stem(images, training=training))

@@ -3,6 +3,8 @@ and validation that names the bad value."""
 import dataclasses
 from typing import Any, Optional
 
+from simclr_tf2.errors import ConfigError
+
 
 def setting(default: Any, help_text: str, flag: Optional[str] = None):
     """A config field with its command-line help (and flag name, when it is
@@ -15,9 +17,9 @@ def setting(default: Any, help_text: str, flag: Optional[str] = None):
 
 
 def check(condition: bool, message: str) -> None:
-    """Raises ValueError(message) unless condition holds."""
+    """Raises ConfigError(message) unless condition holds."""
     if not condition:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 def check_choice(name: str, value: Any, choices) -> None:

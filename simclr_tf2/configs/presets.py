@@ -10,6 +10,7 @@ from typing import Dict, List
 from simclr_tf2.configs.schema import (DataConfig, ExperimentConfig, ExportConfig,
                                        MemoryConfig, ModelConfig, MonitorConfig,
                                        TrainConfig)
+from simclr_tf2.errors import ConfigError
 
 # sk_ratio of every released selective-kernel model.
 RELEASED_SK_RATIO = 0.0625
@@ -114,6 +115,6 @@ def preset_names() -> List[str]:
 def get_preset(name: str) -> ExperimentConfig:
     """Returns the named preset, e.g. 'r50_1x_sk0', 'r152_3x_sk1', 'tiny'."""
     if name not in _PRESETS:
-        raise ValueError(f"unknown preset {name!r}; available presets: "
+        raise ConfigError(f"unknown preset {name!r}; available presets: "
                          f"{', '.join(preset_names())}")
     return _PRESETS[name]

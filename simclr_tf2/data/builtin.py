@@ -17,6 +17,8 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf2.errors import ConfigError
+
 SPLIT_SEED = 0
 
 
@@ -89,10 +91,10 @@ def to_rgb(grey: np.ndarray, image_size: int) -> np.ndarray:
 def load_builtin(name: str, split: str, image_size: int = 32) -> ArrayDataset:
     """Loads split 'train' or 'test' of a built-in dataset at `image_size` px."""
     if name not in BUILTIN_DATASETS:
-        raise ValueError(f"unknown built-in dataset {name!r}; choose one of "
+        raise ConfigError(f"unknown built-in dataset {name!r}; choose one of "
                          f"{sorted(BUILTIN_DATASETS)}")
     if split not in ("train", "test"):
-        raise ValueError(f"built-in datasets have splits 'train' and 'test' (set "
+        raise ConfigError(f"built-in datasets have splits 'train' and 'test' (set "
                          f"eval_split=test). Received: split={split!r}")
     test_fraction = BUILTIN_DATASETS[name][1]
     grey, labels = _load_raw(name)

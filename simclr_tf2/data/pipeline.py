@@ -363,8 +363,8 @@ def replicas_on_cpus(strategy: tf.distribute.Strategy) -> bool:
     """Whether every replica of `strategy` is a CPU device (the default
     strategy runs where TensorFlow places ops: on a CPU when no GPU or TPU
     is visible)."""
-    try:
-        devices = strategy.extended.worker_devices
-    except RuntimeError:  # the default strategy: no device placement of its own
+    if not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy():
+        # The default strategy has no devices of its own (worker_devices raises).
         return not any(tf.config.list_logical_devices(kind) for kind in ("GPU", "TPU"))
+    devices = strategy.extended.worker_devices
     return bool(devices) and all("CPU" in device.upper() for device in devices)

@@ -28,13 +28,13 @@ import uuid
 from typing import Dict, List, Optional, Union
 
 import tensorflow as tf
-import tf_keras
 
 from simclr_tf2.backbones import ENDPOINTS
 from simclr_tf2.configs.schema import ExperimentConfig, ModelConfig, check
-from simclr_tf2.errors import RunError
+from simclr_tf2.errors import ExportError, RunError  # noqa: F401 (ExportError re-exported)
 from simclr_tf2.export.official import is_savedmodel_dir
 from simclr_tf2.models import SimCLRModel
+from simclr_tf2.models.precision import precision_policy
 from simclr_tf2.rundir import restore_model
 
 log = logging.getLogger("simclr_tf2.export")
@@ -45,10 +45,6 @@ INPUT_CONVENTION = ("float32 RGB images [batch, height, width, 3] with values in
                     "[0, 1]; no mean/std normalisation")
 _TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"
-
-
-class ExportError(RuntimeError):
-    """The export cannot be written; the message says why and what to do."""
 
 
 # ------------------------------------------------------------------ modules
@@ -146,13 +142,9 @@ def _float32_copy(model: SimCLRModel, image_size: int) -> SimCLRModel:
     layers were frozen, on the precision policy or on the strategy.
     """
     config = _export_model_config(model.config)
-    policy = tf_keras.mixed_precision.global_policy()
-    tf_keras.mixed_precision.set_global_policy("float32")
-    try:
+    with precision_policy("float32"):
         copy = SimCLRModel(config, mode=model.mode)
         copy(tf.zeros([1, image_size, image_size, 3]), training=False)
-    finally:
-        tf_keras.mixed_precision.set_global_policy(policy)
     tmp = os.path.join(tempfile.gettempdir(), f"weights-{uuid.uuid4().hex}")
     try:
         path = tf.train.Checkpoint(model=model).write(tmp)

@@ -21,15 +21,12 @@ import tf_keras
 
 from simclr_tf2.backbones.resnet import RESNET_SPECS
 from simclr_tf2.configs.schema import ModelConfig
+from simclr_tf2.errors import OfficialImportError  # noqa: F401 (re-exported)
 from simclr_tf2.models import SimCLRModel
 
 log = logging.getLogger("simclr_tf2.export")
 
 _LAYER_RE = re.compile(r"^(?:sync_)?(conv2d|batch_normalization|dense)(?:_(\d+))?$")
-
-
-class OfficialImportError(RuntimeError):
-    """The SavedModel does not fit the model; the message lists what differs."""
 
 
 @dataclasses.dataclass

@@ -6,35 +6,12 @@ import tensorflow as tf
 import tf_keras
 
 from simclr_tf2.backbones.resnet import build_resnet_from_config, norm_settings
-from simclr_tf2.configs.modes import TRAIN_MODES
-from simclr_tf2.configs.schema import ExperimentConfig, ModelConfig, check
+from simclr_tf2.configs.schema import ModelConfig, check
 from simclr_tf2.heads.projection_head import (ProjectionHead, SupervisedHead,
                                               num_projection_layers, resolve_selector)
 
+# The head layouts (the task picks one: Task.layout).
 MODEL_MODES = ("pretrain", "finetune")
-
-
-def model_mode(train_mode: str) -> str:
-    """The SimCLRModel mode a training mode builds: only pretraining keeps
-    the whole projection head."""
-    check(train_mode in TRAIN_MODES, f"mode must be one of {list(TRAIN_MODES)}. "
-          f"Received: mode={train_mode!r}")
-    return "pretrain" if train_mode == "pretrain" else "finetune"
-
-
-def model_config_for(config: ExperimentConfig, mode: str) -> ModelConfig:
-    """The ModelConfig a run of training mode `mode` builds: linear_eval
-    freezes the backbone; pretraining without linear eval has no supervised
-    head."""
-    model_cfg = config.model
-    if mode != "pretrain":
-        check(model_cfg.num_classes > 0, f"mode {mode!r} needs a supervised "
-              "head: set model.num_classes to the number of classes")
-    if mode == "linear_eval":
-        model_cfg = dataclasses.replace(model_cfg, fine_tune_after_block=4)
-    if mode == "pretrain" and not config.train.lineareval_while_pretraining:
-        model_cfg = dataclasses.replace(model_cfg, num_classes=0)
-    return model_cfg
 
 
 class SimCLRModel(tf_keras.Model):
@@ -108,11 +85,3 @@ class SimCLRModel(tf_keras.Model):
         config = dict(config)
         return cls(ModelConfig(**config.pop("config")), **config)
 
-
-def build_model(config: ExperimentConfig, train_mode: str) -> SimCLRModel:
-    """The SimCLRModel a run of `train_mode` trains, with its variables
-    created (called once on a blank image of the configured size)."""
-    model = SimCLRModel(model_config_for(config, train_mode), mode=model_mode(train_mode))
-    size = config.data.image_size
-    model(tf.zeros([1, size, size, 3]), training=False)
-    return model

@@ -5,6 +5,7 @@ temperature, and differs from the paper's loss by the teacher's entropy.
 """
 import tensorflow as tf
 
+from simclr_tf2.errors import ConfigError
 
 def distillation_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor,
                       temperature: float = 1.0) -> tf.Tensor:
@@ -14,7 +15,7 @@ def distillation_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor,
     probabilities carry no gradient. Computed in float32.
     """
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0. Received: temperature={temperature}")
+        raise ConfigError(f"temperature must be > 0. Received: temperature={temperature}")
     teacher = tf.stop_gradient(tf.cast(teacher_logits, tf.float32))
     student = tf.cast(student_logits, tf.float32)
     targets = tf.nn.softmax(teacher / temperature, axis=-1)

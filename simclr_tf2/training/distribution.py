@@ -3,6 +3,7 @@ import tensorflow as tf
 
 from simclr_tf2.configs.schema import check
 from simclr_tf2.data.pipeline import replicas_on_cpus
+from simclr_tf2.errors import RunError
 from simclr_tf2.training.run_config import RunConfig
 
 
@@ -15,13 +16,7 @@ def make_strategy(run_config: RunConfig) -> tf.distribute.Strategy:
         name = ("tpu" if run_config.tpu else "mirrored" if len(gpus) > 1
                 or run_config.num_cpu_devices > 1 else "one_device")
     if run_config.num_cpu_devices > 1:
-        cpus = tf.config.list_physical_devices("CPU")
-        try:
-            tf.config.set_logical_device_configuration(
-                cpus[0], [tf.config.LogicalDeviceConfiguration()]
-                * run_config.num_cpu_devices)
-        except RuntimeError:
-            pass  # already initialised (e.g. by a test): use what exists
+        split_cpu(run_config.num_cpu_devices)
     if name == "tpu":
         check(bool(run_config.tpu), "strategy tpu needs --tpu (name or grpc:// address)")
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
@@ -34,6 +29,27 @@ def make_strategy(run_config: RunConfig) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy(devices[:run_config.num_cpu_devices])
     num_gpus = len(gpus) if run_config.num_gpus < 0 else run_config.num_gpus
     return distribute_utils.get_distribution_strategy(name, num_gpus=num_gpus)
+
+
+def split_cpu(count: int) -> None:
+    """Makes the host CPU `count` logical devices, unless it already has at
+    least that many (a process splits it once, before TensorFlow starts:
+    a test session, or an earlier run in the same process)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    have = tf.config.get_logical_device_configuration(cpu) or []
+    if len(have) >= count:
+        return
+    if have:
+        raise RunError(f"num_cpu_devices={count}, but this process already split the CPU "
+                       f"into {len(have)} devices, and TensorFlow fixes that at start: "
+                       f"use num_cpu_devices <= {len(have)} or a new process")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError as error:  # TensorFlow already started in this process
+        raise RunError(f"num_cpu_devices={count} cannot split the CPU after TensorFlow "
+                       f"started in this process ({error}): pass it to a new process, "
+                       "before any TensorFlow op runs") from error
 
 
 def is_chief(strategy) -> bool:

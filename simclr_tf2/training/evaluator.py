@@ -8,14 +8,14 @@ import tf_keras
 
 from simclr_tf2.configs.schema import ExperimentConfig
 from simclr_tf2.data import build_from_config, distribute, make_source
-from simclr_tf2.models import build_model
 from simclr_tf2.rundir import (RESULT_FILE, checkpoint_step, has_checkpoint, path,
                                restore_model, write_json)
 from simclr_tf2.training.distribution import is_chief
 from simclr_tf2.training.initialisation import init_model
 from simclr_tf2.training.learner import Learner
 from simclr_tf2.training.run_config import RunConfig
-from simclr_tf2.training.validation import supervised_classes
+from simclr_tf2.tasks import task_for
+from simclr_tf2.training.validation import check_classes
 
 
 class TopKEvaluator(orbit.StandardEvaluator):
@@ -66,7 +66,7 @@ def _trained_model(config: ExperimentConfig, run_config: RunConfig, strategy):
         if has_checkpoint(run_config.model_dir):
             restored = restore_model(run_config.model_dir, mode, config=config)
             return restored.model, restored.step, restored.checkpoint
-        model = build_model(config, mode)
+        model = task_for(mode).build_model(config)
     init_model(model, run_config.checkpoint)
     return model, checkpoint_step(run_config.checkpoint), run_config.checkpoint
 
@@ -79,8 +79,9 @@ def evaluate(config: ExperimentConfig, run_config: RunConfig, strategy,
     writes result.json, with the images the run skipped (`skipped()`:
     {split: {id: reason}})."""
     split = run_config.eval_split or config.data.eval_split
-    source = source or make_source(config.data, split, labelled=True)
-    config = supervised_classes(config, source)
+    if source is None:  # a run's plan has made and checked it
+        source = make_source(config.data, split, labelled=True)
+        check_classes(config, source)
     replicas = strategy.num_replicas_in_sync
     batch = max(config.train.eval_batch_size // replicas, 1) * replicas
     if learner is not None:

@@ -4,6 +4,7 @@ from typing import Optional
 
 from simclr_tf2.configs.modes import RUN_MODES, TRAIN_MODES
 from simclr_tf2.configs.schema import check
+from simclr_tf2.tasks import Task, task_for, training_mode
 
 STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker_mirrored", "one_device")
 
@@ -50,6 +51,11 @@ class RunConfig:
 
     @property
     def training_mode(self) -> Optional[str]:
-        if self.mode in TRAIN_MODES:
-            return self.mode
-        return self.train_mode if self.mode == "train_then_eval" else None
+        """What this run trains (None: it only evaluates)."""
+        return training_mode(self.mode, self.train_mode)
+
+    @property
+    def task(self) -> Optional[Task]:
+        """The task of what this run trains (None: it only evaluates)."""
+        mode = self.training_mode
+        return None if mode is None else task_for(mode)

@@ -17,6 +17,7 @@ from simclr_tf2.data import IndexStore, labelled_subset, make_source
 from simclr_tf2.data.sources import Source
 from simclr_tf2.errors import DataError
 from simclr_tf2.rundir import INDEX_DIR, SKIPPED_DIR, path
+from simclr_tf2.tasks import Task, evaluates
 from simclr_tf2.training.run_config import RunConfig
 
 
@@ -63,31 +64,13 @@ def prepare_data(config: ExperimentConfig, run_config: RunConfig, store: IndexSt
     """Every source and subset the run needs; any data error is raised here,
     before the run writes anything."""
     data = RunData(store)
-    mode = run_config.training_mode
-    if mode is not None:
-        # Pretraining and distillation read every image: labels where the
-        # data has them (class folders), for the probe and the kNN monitor.
-        needs_labels = mode not in ("pretrain", "distill") or config.train.distill_alpha > 0
-        source = make_source(config.data, config.data.train_split,
-                             labelled=True if needs_labels else None, store=store)
-        if mode == "pretrain" or (mode == "distill" and not needs_labels):
-            data.train, data.indices = source, np.arange(len(source))
-        else:
-            data.labelled = labelled_subset(source, config.data.label_fraction,
-                                            config.data.label_ids_file,
-                                            seed=config.data.seed)
-            if mode == "distill":  # every image; only the subset keeps its label
-                labels = np.full(len(source), -1, np.int64)
-                labels[data.labelled] = source.labels[data.labelled]
-                source = dataclasses.replace(source, labels=labels)
-                data.indices = np.arange(len(source))
-            else:
-                data.indices = data.labelled
-            data.train = source
+    task = run_config.task
+    if task is not None:
+        _training_data(data, config, task, store)
     split = run_config.eval_split or config.data.eval_split
-    if run_config.mode in ("eval", "train_then_eval"):
+    if evaluates(run_config.mode):
         data.eval = make_source(config.data, split, labelled=True, store=store)
-    elif mode == "pretrain" and config.monitor.knn_interval > 0:
+    elif task is not None and task.contrastive and config.monitor.knn_interval > 0:
         try:
             data.eval = make_source(config.data, split, labelled=True, store=store)
             if (data.eval.labels < 0).any():
@@ -95,3 +78,26 @@ def prepare_data(config: ExperimentConfig, run_config: RunConfig, store: IndexSt
         except DataError as error:
             data.eval_problem = str(error)
     return data
+
+
+def _training_data(data: RunData, config: ExperimentConfig, task: Task,
+                   store: IndexStore) -> None:
+    """The training split and the examples `task` reads: every image
+    (pretraining, distillation; labels where the data has them, for the
+    probe and the kNN monitor) or the labelled subset."""
+    needs_labels = task.needs_labels(config)
+    source = make_source(config.data, config.data.train_split, labelled=needs_labels,
+                         store=store)
+    if task.reads_every_image and not needs_labels:
+        data.train, data.indices = source, np.arange(len(source))
+        return
+    data.labelled = labelled_subset(source, config.data.label_fraction,
+                                    config.data.label_ids_file, seed=config.data.seed)
+    if task.reads_every_image:  # every image; only the subset keeps its label
+        labels = np.full(len(source), -1, np.int64)
+        labels[data.labelled] = source.labels[data.labelled]
+        source = dataclasses.replace(source, labels=labels)
+        data.indices = np.arange(len(source))
+    else:
+        data.indices = data.labelled
+    data.train = source

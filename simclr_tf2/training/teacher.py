@@ -41,7 +41,7 @@ def load_teacher(path: str) -> Callable[[tf.Tensor], tf.Tensor]:
         raise RunError(f"teacher {path}: {error} (a teacher is a simclr_tf2 run "
                        "directory or checkpoint, a hub export or an official "
                        "SavedModel)") from None
-    check(restored.mode != "pretrain" or restored.config.train.lineareval_while_pretraining,
+    check(restored.model.supervised_head is not None,
           f"teacher {path} was pretrained without a supervised head: distil from a "
           "fine-tuned run")
     model = restored.model

@@ -1,8 +1,11 @@
 """The training loop's trainer: one orbit.StandardTrainer over the Learner's
 distributed step, with per-loop metrics, a progress line with an ETA, and a
 stop on a non-finite loss."""
+import contextlib
 import logging
 import math
+import re
+import sys
 import time
 
 import orbit
@@ -12,10 +15,36 @@ from simclr_tf2.errors import NonFiniteLossError
 from simclr_tf2.training.learner import Learner
 
 log = logging.getLogger("simclr_tf2.train")
-# orbit prints every loop's output dict as well as logging it (its private
-# `_log`); our progress line says the same in one line, so orbit's copy goes
-# to the log only.
-orbit.controller._log = lambda message: logging.getLogger("orbit").info(message)
+
+# The messages orbit's Controller both logs (info) and prints: every loop's
+# output dict, checkpoint saves and restores.
+_ORBIT_LINE = re.compile(r"^\s*(train|eval) \| step:|^saved checkpoint to |^restor")
+
+
+class _WithoutOrbitCopies:
+    """A text stream that drops the printed copy of orbit's messages (they
+    are in the log already) and passes everything else to `stream`."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._dropped = False  # print() writes the message, then "\n"
+
+    def write(self, text):
+        if self._dropped and text == "\n":
+            self._dropped = False
+            return len(text)
+        self._dropped = bool(_ORBIT_LINE.match(text))
+        return len(text) if self._dropped else self._stream.write(text)
+
+    def __getattr__(self, name):  # flush, fileno, encoding, isatty ...
+        return getattr(self._stream, name)
+
+
+def orbit_messages_logged_only():
+    """A context in which orbit's Controller messages go to the log only: our
+    progress line says what its multi-line output dict says, in one line.
+    sys.stdout is the caller's again after it."""
+    return contextlib.redirect_stdout(_WithoutOrbitCopies(sys.stdout))
 
 
 def say(verbose: bool, message: str) -> None:
@@ -35,12 +64,6 @@ def format_time(seconds: float) -> str:
 class SimCLRTrainer(orbit.StandardTrainer):
     """Runs `Learner.distributed_step` in orbit's loop; averages metrics per loop."""
 
-    METRICS = ("loss", "contrast_loss", "contrast_acc", "contrast_entropy",
-               "probe_loss", "probe_acc", "sup_loss", "sup_acc", "distill_loss",
-               "teacher_agreement",
-               "weight_decay_loss", "learning_rate", "erank_projection",
-               "erank_backbone", "cos_positive", "cos_negative", "cos_queue",
-               "queue_mean_norm", "online_momentum_cos", "queue_own_images")
     # Printed on a second line when the run has a memory.
     MEMORY_METRICS = ("erank_projection", "erank_backbone", "cos_positive", "cos_negative",
                       "cos_queue", "queue_mean_norm", "online_momentum_cos",
@@ -55,8 +78,10 @@ class SimCLRTrainer(orbit.StandardTrainer):
         self.global_batch = global_batch
         self.verbose = verbose
         # Host-side accumulators, updated with already-reduced values in
-        # cross-replica context (so created outside the strategy scope).
-        self.metrics = {name: tf_keras.metrics.Mean(name) for name in self.METRICS}
+        # cross-replica context (so created outside the strategy scope): one
+        # per metric the task reports, and any other the step returns.
+        self.metrics = {name: tf_keras.metrics.Mean(name)
+                        for name in learner.task.all_metric_names()}
         self._loop_start = None
         self._loop_step = None
         self._run_start = time.time()
@@ -73,8 +98,9 @@ class SimCLRTrainer(orbit.StandardTrainer):
     def train_step(self, iterator):
         metrics = self.learner.distributed_step(self.strategy, next(iterator))
         for name, value in metrics.items():
-            if name in self.metrics:
-                self.metrics[name].update_state(value)
+            if name not in self.metrics:
+                self.metrics[name] = tf_keras.metrics.Mean(name)
+            self.metrics[name].update_state(value)
 
     def train_loop_end(self):
         step = int(self.learner.step.numpy())

@@ -7,15 +7,16 @@ a changed model is refused, changed training settings too unless
 recorded with the run).
 """
 import logging
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import tensorflow as tf
 
 from simclr_tf2.configs.schema import ExperimentConfig, check
 from simclr_tf2.data.builtin import BUILTIN_DATASETS
-from simclr_tf2.errors import DataError, RunError
+from simclr_tf2.errors import ConfigError, DataError, RunError
 from simclr_tf2.export.official import is_savedmodel_dir
 from simclr_tf2.rundir import has_checkpoint, read_record, resolve_checkpoint, trained_mode
+from simclr_tf2.tasks import Task, evaluates
 from simclr_tf2.training.run_config import RunConfig
 
 log = logging.getLogger("simclr_tf2.train")
@@ -33,7 +34,34 @@ HOUSEKEEPING = {
 
 def validate(config: ExperimentConfig, run_config: RunConfig) -> None:
     """Rejects incompatible settings before anything is written."""
-    training = run_config.training_mode
+    task = run_config.task
+    _check_data_settings(config)
+    if task is not None and task.contrastive:
+        check(config.model.fine_tune_after_block == -1,
+              "fine_tune_after_block freezes layers for fine-tuning; pretraining "
+              f"trains the whole network. Received: fine_tune_after_block="
+              f"{config.model.fine_tune_after_block} with mode {task.mode}")
+    if (task is not None and task.supervised) or evaluates(run_config.mode):
+        check(config.model.num_classes > 0, f"mode {run_config.mode!r} needs a "
+              "supervised head: set num_classes")
+    if task is not None and task.takes_teacher:
+        check(run_config.teacher is not None, f"{task.mode} needs --teacher=<a fine-tuned "
+              "run dir or checkpoint, a hub export or an official SavedModel>")
+        check(is_savedmodel_dir(run_config.teacher)
+              or tf.io.gfile.exists(run_config.teacher + ".index")
+              or tf.io.gfile.isdir(run_config.teacher),
+              f"teacher {run_config.teacher!r} not found")
+    _check_training_settings(config, task)
+    _check_starting_point(run_config, task)
+    if config.memory.queue_size > 0 and task is not None and not task.contrastive:
+        log.warning("queue_size=%d is ignored outside pretraining",
+                    config.memory.queue_size)
+    if config.train.summary_interval % config.train.steps_per_loop:
+        raise ConfigError(f"summary_interval ({config.train.summary_interval}) must be a "
+                          f"multiple of steps_per_loop ({config.train.steps_per_loop})")
+
+
+def _check_data_settings(config: ExperimentConfig) -> None:
     data = config.data
     check(not data.data_service or (not data.cache and (data.dataset == "folder"
                                                         or data.dataset in BUILTIN_DATASETS)),
@@ -41,58 +69,43 @@ def validate(config: ExperimentConfig, run_config: RunConfig) -> None:
           "datasets are read in sequence and cache=True holds images in this process: "
           "drop data_service, or use a folder without cache. Received: "
           f"dataset={data.dataset!r}, cache={data.cache}")
-    if training == "pretrain":
-        check(config.model.fine_tune_after_block == -1,
-              "fine_tune_after_block freezes layers for fine-tuning; pretraining "
-              f"trains the whole network. Received: fine_tune_after_block="
-              f"{config.model.fine_tune_after_block} with mode pretrain")
-    if training in ("finetune", "linear_eval", "distill") or run_config.mode == "eval":
-        check(config.model.num_classes > 0, f"mode {run_config.mode!r} needs a "
-              "supervised head: set num_classes")
-    if training == "distill":
-        check(run_config.teacher is not None, "distill needs --teacher=<a fine-tuned "
-              "run dir or checkpoint, a hub export or an official SavedModel>")
-        check(is_savedmodel_dir(run_config.teacher)
-              or tf.io.gfile.exists(run_config.teacher + ".index")
-              or tf.io.gfile.isdir(run_config.teacher),
-              f"teacher {run_config.teacher!r} not found")
+    if data.dataset == "folder" and not tf.io.gfile.isdir(data.data_dir or ""):
+        raise DataError(f"data_dir {data.data_dir!r} does not exist: point "
+                        "data_dir at the image folder")
+
+
+def _check_training_settings(config: ExperimentConfig, task: Optional[Task]) -> None:
+    trains = task.mode if task is not None else None
     if config.train.linear_eval_cache_features:
-        check(training == "linear_eval", "linear_eval_cache_features applies to "
-              f"linear_eval only (the run trains {training!r}): drop "
+        check(task is not None and task.frozen_features, "linear_eval_cache_features "
+              f"applies to linear_eval only (the run trains {trains!r}): drop "
               "--linear_eval_cache_features")
         check(config.data.crop_area_min == 1.0 and not config.data.use_flip,
               "linear_eval_cache_features computes each image's features once, so "
               "the training view must not be random: set --crop_area_min=1.0 and "
               f"--nouse_flip (received crop_area_min={config.data.crop_area_min}, "
               f"use_flip={config.data.use_flip}), or drop --linear_eval_cache_features")
-    check(not (config.train.bn_recompute and training == "pretrain"),
+    check(not (config.train.bn_recompute and task is not None and task.contrastive),
           "bn_recompute applies after supervised training (finetune, linear_eval, "
           "distill); pretraining keeps its moving averages: drop --bn_recompute")
-    if training in ("finetune", "linear_eval"):
-        has_own = has_checkpoint(run_config.model_dir)
+
+
+def _check_starting_point(run_config: RunConfig, task: Optional[Task]) -> None:
+    has_own = has_checkpoint(run_config.model_dir)
+    if task is not None and task.starts_pretrained:
         check(not (run_config.from_scratch and run_config.checkpoint),
               "from_scratch starts from random weights; it cannot be combined with "
               f"--checkpoint={run_config.checkpoint}: drop one of them")
         check(run_config.checkpoint is not None or has_own or run_config.from_scratch,
-              f"{training} starts from a pretrained model: pass --checkpoint=<a "
+              f"{task.mode} starts from a pretrained model: pass --checkpoint=<a "
               "pretraining checkpoint or model dir> (model_dir has no checkpoint "
               "to resume), or --from_scratch for a supervised baseline")
-    if run_config.mode == "eval":
-        has_own = has_checkpoint(run_config.model_dir)
+    if task is None:  # evaluation only
         check(run_config.checkpoint is not None or has_own,
               "eval needs a trained model: model_dir has no checkpoint and "
               "--checkpoint is not set")
     if run_config.checkpoint is not None and not is_savedmodel_dir(run_config.checkpoint):
         resolve_checkpoint(run_config.checkpoint)
-    if config.data.dataset == "folder" and not tf.io.gfile.isdir(config.data.data_dir or ""):
-        raise DataError(f"data_dir {config.data.data_dir!r} does not exist: point "
-                        "data_dir at the image folder")
-    if config.memory.queue_size > 0 and training not in (None, "pretrain"):
-        log.warning("queue_size=%d is ignored outside pretraining",
-                    config.memory.queue_size)
-    if config.train.summary_interval % config.train.steps_per_loop:
-        raise RunError(f"summary_interval ({config.train.summary_interval}) must be a "
-                       f"multiple of steps_per_loop ({config.train.steps_per_loop})")
 
 
 def _differences(before: Dict, after: Dict) -> List[str]:
@@ -114,7 +127,7 @@ def changed_settings(config: ExperimentConfig, run_config: RunConfig) -> List[st
     (empty when there is none, or it trained nothing yet). Refuses a changed
     model always, other changes unless run_config.accept_changed_settings."""
     record = read_record(run_config.model_dir)
-    if record is None or run_config.mode == "eval" or not has_checkpoint(run_config.model_dir):
+    if record is None or run_config.task is None or not has_checkpoint(run_config.model_dir):
         return []
     # Through the schema: old records load as they always do (defaults for
     # fields added since, the retired train.mode dropped).
@@ -140,9 +153,9 @@ def changed_settings(config: ExperimentConfig, run_config: RunConfig) -> List[st
     return changes
 
 
-def supervised_classes(config, source) -> ExperimentConfig:
+def check_classes(config: ExperimentConfig, source) -> None:
+    """The data's classes are the supervised head's (num_classes)."""
     if source.num_classes and config.model.num_classes not in (0, source.num_classes):
         raise DataError(f"num_classes={config.model.num_classes} but the data has "
                         f"{source.num_classes} classes: set num_classes="
                         f"{source.num_classes}")
-    return config

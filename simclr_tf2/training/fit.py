@@ -1,0 +1,262 @@
+"""The training part of a run: the learner, its checkpoints, the input, the
+orbit loop and what follows it, all read from the RunPlan."""
+import contextlib
+import dataclasses
+import shutil
+import time
+from typing import Dict, Optional
+
+import orbit
+import tensorflow as tf
+
+from simclr_tf2.configs.schema import ExperimentConfig
+from simclr_tf2.data import build_from_config, distribute, feature_dataset, skips
+from simclr_tf2.monitors.knn_monitor import KnnMonitor, monitor_subset
+from simclr_tf2.rundir import (MONITOR_FILE, MONITOR_SUMMARIES, TEACHER_LOGITS,
+                               TRAIN_SUMMARIES, path, write_json)
+from simclr_tf2.training.initialisation import init_model, summary
+from simclr_tf2.training.learner import Learner
+from simclr_tf2.training.plan import RunPlan
+from simclr_tf2.training.precompute import (frozen_features, precompute_teacher_logits,
+                                            recompute_bn)
+from simclr_tf2.training.teacher import load_teacher
+from simclr_tf2.training.trainer import SimCLRTrainer, orbit_messages_logged_only, say
+
+
+@dataclasses.dataclass
+class Training:
+    """The objects of one training: made once, used by the steps below."""
+    learner: Learner
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    extras: Optional[Dict] = None  # per-example values the batches carry
+    monitor: Optional[KnnMonitor] = None
+
+
+def checkpoint_interval(config: ExperimentConfig, steps) -> int:
+    """Steps between checkpoints: checkpoint_epochs epochs when set, else
+    checkpoint_interval."""
+    if config.train.checkpoint_epochs > 0:
+        return max(1, round(config.train.checkpoint_epochs * steps.steps_per_epoch))
+    return config.train.checkpoint_interval
+
+
+def train(plan: RunPlan, verbose: bool = True) -> Learner:
+    """Trains the plan's task in model_dir until its last step; resumes from
+    the newest checkpoint there, else starts from run_config.checkpoint."""
+    training = build_training(plan, verbose)
+    start = restore_or_initialise(plan, training, verbose)
+    dataset = training_dataset(plan, training.learner, start, training.extras, verbose)
+    if plan.task.contrastive and plan.config.monitor.knn_interval > 0:
+        training.monitor = knn_monitor(plan, training.learner, verbose)
+    with orbit_messages_logged_only():
+        controller = make_controller(plan, training, dataset, verbose)
+        announce(plan, start, verbose)
+        run_start = time.time()
+        with stopped_by_bad_images(plan.data.train.skip_log):
+            run_loop(plan, controller, training.monitor, start)
+    finish(plan, training, time.time() - run_start, verbose)
+    return training.learner
+
+
+def build_training(plan: RunPlan, verbose: bool) -> Training:
+    """The learner (with the teacher, or the teacher's logits precomputed
+    into the batches), its checkpoint and checkpoint manager."""
+    config, run_config, source = plan.config, plan.run_config, plan.data.train
+    with plan.strategy.scope():
+        teacher = load_teacher(run_config.teacher) if plan.task.takes_teacher else None
+        extras = None
+        if teacher is not None and config.train.distill_precompute:
+            extras = {"teacher_logits": precompute_teacher_logits(
+                teacher, config, source, plan.data.indices, verbose,
+                keep=path(plan.model_dir, TEACHER_LOGITS) if plan.chief else None,
+                teacher_name=run_config.teacher)}
+            teacher = None  # the batches carry the logits
+        learner = Learner(config, plan.task, plan.steps.total_steps, plan.steps.warmup_steps,
+                          teacher=teacher)
+        checkpoint = tf.train.Checkpoint(**learner.checkpoint_items())
+    manager = tf.train.CheckpointManager(
+        checkpoint, plan.worker_dir(), max_to_keep=config.train.keep_checkpoint_max,
+        step_counter=learner.step, checkpoint_interval=checkpoint_interval(config, plan.steps),
+        init_fn=_initialiser(plan, learner, verbose))
+    return Training(learner, checkpoint, manager, extras)
+
+
+def _initialiser(plan: RunPlan, learner: Learner, verbose: bool):
+    """The manager's init_fn: a new run starts from run_config.checkpoint's
+    model weights (if set); it runs once, however often it is called."""
+    source = plan.run_config.checkpoint
+    if source is None:
+        return None
+    done = []
+
+    def initialise():
+        if done:
+            return
+        done.append(True)
+        report = init_model(learner.model, source)
+        say(verbose, f"initialised from {source}: {summary(report)}")
+        if learner.momentum_encoder is not None:
+            learner.momentum_encoder.copy_online()
+        head = learner.model.supervised_head
+        if plan.config.train.zero_init_logits_layer and head is not None:
+            # The checkpoint's linear head (trained while pretraining) was
+            # just restored; zero_init_logits_layer means start from zero.
+            for weight in head.trainable_weights:
+                weight.assign(tf.zeros_like(weight))
+            say(verbose, "zero_init_logits_layer: the supervised head starts at zero")
+    return initialise
+
+
+def restore_or_initialise(plan: RunPlan, training: Training, verbose: bool) -> int:
+    """Resumes from the newest checkpoint in model_dir (every saved object
+    must match), else initialises (the manager's init_fn); returns the step."""
+    latest = training.manager.latest_checkpoint
+    if latest:
+        training.checkpoint.restore(latest).assert_existing_objects_matched()
+        say(verbose, f"resuming from {latest} at step {int(training.learner.step.numpy())}")
+    else:
+        training.manager.restore_or_initialize()
+    return int(training.learner.step.numpy())
+
+
+def training_dataset(plan: RunPlan, learner: Learner, start: int, extras,
+                     verbose: bool = True):
+    """The distributed training input from step `start` on: cached frozen
+    features for linear eval with linear_eval_cache_features, else images."""
+    config, source, indices = plan.config, plan.data.train, plan.data.indices
+    batch = plan.global_batch
+    if (plan.task.frozen_features and config.train.linear_eval_cache_features
+            and start < plan.steps.total_steps):
+        features, indices = frozen_features(learner, config, source, indices, verbose)
+        return distribute(plan.strategy, lambda ctx: feature_dataset(
+            features, source.labels, indices, batch, seed=config.data.seed,
+            input_context=ctx, start_step=start))
+    return distribute(plan.strategy, lambda ctx: build_from_config(
+        config.data, source, plan.task.layout, batch, indices, input_context=ctx,
+        start_step=start, extras=extras, augment_on=plan.augment_on))
+
+
+def knn_monitor(plan: RunPlan, learner: Learner, verbose: bool = True) -> KnnMonitor:
+    """The kNN monitor of a pretraining run: its bank is (a seeded subset
+    of) the training split, its queries the eval split; without labels on
+    either, only the bank's effective rank is reported."""
+    config, monitor = plan.config, plan.config.monitor
+    bank, queries = plan.data.train, plan.data.eval
+    if (bank.labels < 0).any() or queries is None:
+        queries = None
+        say(verbose, "kNN monitor: effective rank only ("
+            + (plan.data.eval_problem or "the training images have no labels") + ")")
+    return KnnMonitor(
+        learner.model, config.data, bank, queries, config.train.eval_batch_size,
+        monitor.knn_k, monitor.knn_temperature,
+        bank_indices=monitor_subset(bank, monitor.knn_bank_size, config.data.seed),
+        query_indices=(None if queries is None else monitor_subset(
+            queries, monitor.knn_eval_size, config.data.seed)),
+        strategy=plan.strategy, step=learner.step, verbose=verbose)
+
+
+def make_controller(plan: RunPlan, training: Training, dataset,
+                    verbose: bool) -> orbit.Controller:
+    """orbit's Controller over the learner's step, with summaries (the
+    chief's) and the checkpoint manager."""
+    learner, train = training.learner, plan.config.train
+    trainer = SimCLRTrainer(learner, plan.strategy, dataset, plan.steps.total_steps,
+                            plan.global_batch, verbose=verbose,
+                            skip_log=plan.data.train.skip_log)
+    summary_dir = path(plan.model_dir, TRAIN_SUMMARIES) if plan.chief else None
+    if plan.chief and int(learner.step.numpy()) == 0:
+        _image_summaries(summary_dir, plan)
+    return orbit.Controller(
+        global_step=learner.step, trainer=trainer, strategy=plan.strategy,
+        evaluator=training.monitor, steps_per_loop=train.steps_per_loop,
+        checkpoint_manager=training.manager,
+        summary_interval=train.summary_interval if plan.chief else None,
+        summary_dir=summary_dir,
+        eval_summary_dir=(path(plan.model_dir, MONITOR_SUMMARIES)
+                          if plan.chief and training.monitor else None))
+
+
+def announce(plan: RunPlan, start: int, verbose: bool) -> None:
+    """The run's first line: what trains, on what, from which step."""
+    if verbose:
+        print(f"{plan.task.mode}: {len(plan.data.indices)} examples, batch "
+              f"{plan.global_batch} on {plan.replicas} replica(s), steps {start} -> "
+              f"{plan.steps.total_steps}"
+              + (", colour and blur on the device" if plan.task.contrastive
+                 and plan.augment_on == "device" else "")
+              + (f", input from the tf.data service at {plan.config.data.data_service}"
+                 if plan.config.data.data_service else ""), flush=True)
+    skip_log = plan.data.train.skip_log
+    if skip_log is not None and len(skip_log.known):
+        say(verbose, f"{len(skip_log.known)} image(s) that did not decode before "
+                     "are left out (see skipped/ in the run directory)")
+
+
+def run_loop(plan: RunPlan, controller: orbit.Controller, monitor, start: int) -> None:
+    """Trains to the last step, with the kNN monitor's reports in between."""
+    total = plan.steps.total_steps
+    if start >= total:
+        return
+    if monitor is None:
+        controller.train(steps=total)
+        return
+    loop = plan.config.train.steps_per_loop  # whole loops between reports
+    controller.train_and_evaluate(
+        train_steps=total, eval_steps=1,
+        eval_interval=-(-plan.config.monitor.knn_interval // loop) * loop)
+
+
+def finish(plan: RunPlan, training: Training, seconds: float, verbose: bool) -> None:
+    """After the loop: the monitor's record, batch-norm statistics
+    recomputed (supervised tasks, bn_recompute), a worker's copies removed."""
+    monitor = training.monitor
+    if monitor is not None and monitor.history:
+        record = {"history": monitor.history, "monitor_seconds": monitor.seconds,
+                  "run_seconds": seconds, "skipped": plan.data.skipped()}
+        if verbose:
+            print(f"monitor: {len(monitor.history)} reports took {monitor.seconds:.1f}s "
+                  f"({100 * monitor.seconds / max(seconds, 1e-9):.1f}% of the run)",
+                  flush=True)
+        if plan.chief:
+            write_json(path(plan.model_dir, MONITOR_FILE), record)
+    if plan.config.train.bn_recompute and plan.task.supervised:
+        recompute_bn(plan.config, plan.strategy, training.learner, plan.data.train,
+                     plan.data.indices, verbose)
+        # Overwrite the final checkpoint in place (manager.save skips a step
+        # it has already saved).
+        manager = training.manager
+        training.checkpoint.write(manager.latest_checkpoint
+                                  or manager.save(check_interval=False))
+    if not plan.chief:
+        shutil.rmtree(plan.worker_dir(), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def stopped_by_bad_images(skip_log):
+    """Turns the input pipeline's stop on too many undecodable images in a
+    row into a DataError naming them."""
+    try:
+        yield
+    except tf.errors.OpError as error:
+        stop = skips.stop_error(error, skip_log)
+        if stop is None:
+            raise
+        raise stop from None
+
+
+def _image_summaries(summary_dir: str, plan: RunPlan, count: int = 4) -> None:
+    """A few training views at step 0, for TensorBoard's image tab."""
+    indices = plan.data.indices
+    count = min(count, len(indices))  # a labelled subset may hold fewer
+    batch = next(iter(build_from_config(plan.config.data, plan.data.train,
+                                        plan.task.layout, count, indices[: count * 4])))
+    writer = tf.summary.create_file_writer(summary_dir)
+    with writer.as_default():
+        for key in ("view1", "view2", "image"):
+            if key in batch:
+                tf.summary.image(f"augmented/{key}", batch[key], step=0, max_outputs=count)
+    writer.flush()
+
+
+
