@@ -35,6 +35,11 @@ AUTHORS_FLAGS = (
     "color_jitter_strength", "use_blur")
 
 HEADING = "simclr_tf2: google-research/simclr flag names (aliases)"
+PRESET = "authors"  # the base config of a command that uses their names
+# Their spellings of our flags' values, and what the help says of them.
+EXTRA_CHOICES = {"mode": ("train",)}
+EXTRA_HELP = {"mode": " train = train what --train_mode says (the authors' spelling).",
+              "train_mode": " Without --mode, what to train (as in the authors' code)."}
 SKIP = object()  # an alias value that leaves our flag as it is
 
 
@@ -44,6 +49,8 @@ class Alias:
     target: Optional[str]  # our flag; None: nothing to set
     help: str
     convert: Callable[[Any], Any] = lambda value: value  # theirs -> ours, or SKIP
+    # Other settings it implies: config key -> (value, why).
+    implies: Dict[str, Tuple[Any, str]] = dataclasses.field(default_factory=dict)
 
 
 ALIASES: Dict[str, Alias] = {
@@ -55,7 +62,8 @@ ALIASES: Dict[str, Alias] = {
     "cache_dataset": Alias(bool, "cache", "Cache the whole dataset in memory."),
     "checkpoint_steps": Alias(int, "checkpoint_interval", "Steps between checkpoints; "
                               "overrides --checkpoint_epochs (0 = use it).",
-                              lambda steps: steps if steps > 0 else SKIP),
+                              lambda steps: steps if steps > 0 else SKIP,
+                              {"train.checkpoint_epochs": (0.0, "steps override epochs")}),
     "tpu_name": Alias(str, "tpu", "Cloud TPU name or grpc:// address.",
                       lambda name: name or SKIP),
     "master": Alias(str, "tpu", "TPU address, used when --tpu_name is not given.",
@@ -150,10 +158,24 @@ _TF1_NAMES = {"the step": "global_step",
               "the supervised head": "head_supervised/linear_layer/dense/kernel"}
 
 
-def tf1_notices(flag_values, mode: str, ft_proj_selector: int,
-                zero_init_logits_layer: bool) -> List[str]:
-    """One line for each TF1 leftover given."""
+def base_preset(flag_values) -> Tuple[str, Optional[str]]:
+    """The preset a command starts from, and a notice when it is theirs
+    because the command uses their flag names without --preset."""
+    names = used_names(flag_values)
+    if flag_values["preset"].present or not names:
+        return flag_values.preset, None
+    return PRESET, (f"base config: preset {PRESET!r} (the defaults of google-research/"
+                    "simclr tf2/run.py), since the command uses their flag names ("
+                    f"{', '.join(names)}); pass --preset to choose another")
+
+
+def notices(flag_values, mode: str, ft_proj_selector: int,
+            zero_init_logits_layer: bool) -> List[str]:
+    """One line for each of their flags that does nothing here."""
     notices = []
+    if flag_values["eval_name"].present:
+        notices.append("--eval_name is never read by the authors' TF2 code; ignored here "
+                       "too (results go to result.json in --model_dir)")
     if flag_values["train_summary_steps"].present:
         notices.append("--train_summary_steps is a flag of the authors' TF1 code, ignored: "
                        "summaries are written every --summary_interval steps")

@@ -36,15 +36,31 @@ def _config_flags() -> Dict[str, Tuple[str, str]]:
 CONFIG_FLAGS = _config_flags()
 
 
-def _field_types():
-    types = {}
-    for section, cls in _SECTION_TYPES.items():
-        hints = typing.get_type_hints(cls)
-        defaults = cls()
-        for field in dataclasses.fields(cls):
-            key = f"{section}.{field.name}"
-            types[key] = (hints[field.name], getattr(defaults, field.name))
-    return types
+def _run_flag_fields() -> List[dataclasses.Field]:
+    """RunConfig's fields that are flags (of the same name)."""
+    return [f for f in dataclasses.fields(RunConfig) if f.metadata.get("flag") != ""]
+
+
+def _define_from_fields(cls, fields, flag_values) -> None:
+    """A flag per field of dataclass `cls`, from its `setting(...)`: the
+    field's type, default, help and choices (with the authors' extra
+    spellings, authors_flags.EXTRA_CHOICES)."""
+    hints = typing.get_type_hints(cls)
+    for field in fields:
+        name = field.metadata.get("flag", field.name)
+        kind, default = hints[field.name], field.default
+        help_text = field.metadata["help"] + authors_flags.EXTRA_HELP.get(name, "")
+        if "choices" in field.metadata:
+            choices = [*field.metadata["choices"], *authors_flags.EXTRA_CHOICES.get(name, ())]
+            flags.DEFINE_enum(name, default, choices, help_text, flag_values=flag_values)
+        elif kind is bool:
+            flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
+        elif kind is int:
+            flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
+        elif kind is float:
+            flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(name, default or None, help_text, flag_values=flag_values)
 
 
 def define_flags(flag_values=flags.FLAGS) -> None:
@@ -52,57 +68,14 @@ def define_flags(flag_values=flags.FLAGS) -> None:
     if "preset" in flag_values:
         return
     flags.DEFINE_string("preset", "tiny", f"Base configuration: one of {preset_names()} "
-                        "(default: tiny; 'authors' when the command uses flag names of "
-                        "google-research/simclr).", flag_values=flag_values)
-    flags.DEFINE_enum("mode", "pretrain", [*RUN_MODES, "train"], "What to run; train = "
-                      "train what --train_mode says (the authors' spelling).",
-                      flag_values=flag_values)
-    flags.DEFINE_enum("train_mode", "pretrain", list(TRAIN_MODES), "What train_then_eval "
-                      "trains; what eval expects when model_dir has no config.json; "
-                      "without --mode, what to train (as in the authors' code).",
-                      flag_values=flag_values)
-    flags.DEFINE_string("model_dir", None, "Run directory: checkpoints, summaries, "
-                        "config.json, result.json.", flag_values=flag_values)
-    flags.DEFINE_string("checkpoint", None, "Fine-tune / linear-eval / eval from this "
-                        "checkpoint (prefix or directory; model weights only) or "
-                        "from an official SimCLRv2 TF2 SavedModel directory.",
-                        flag_values=flag_values)
-    flags.DEFINE_bool("from_scratch", False, "finetune / linear_eval: start from random "
-                      "weights instead of --checkpoint (supervised baselines).",
-                      flag_values=flag_values)
-    flags.DEFINE_string("teacher", None, "distill: the teacher, a fine-tuned run dir or "
-                        "checkpoint, a hub export (head_k) or an official SimCLRv2 "
-                        "SavedModel.", flag_values=flag_values)
-    flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy; "
-                      "auto = tpu if --tpu, mirrored with >1 GPU, else one_device.",
-                      flag_values=flag_values)
-    flags.DEFINE_string("tpu", None, "TPU name or grpc:// address.", flag_values=flag_values)
-    flags.DEFINE_string("tpu_zone", None, "TPU zone.", flag_values=flag_values)
-    flags.DEFINE_string("gcp_project", None, "GCP project of the TPU.",
-                        flag_values=flag_values)
-    flags.DEFINE_integer("num_gpus", -1, "GPUs to use (-1 = all).", flag_values=flag_values)
-    flags.DEFINE_integer("num_cpu_devices", 1, "Split the CPU into this many logical "
-                         "devices (multi-replica runs on a CPU).", flag_values=flag_values)
-    flags.DEFINE_bool("deterministic", False, "Op determinism and fixed seeds "
-                      "(reproducible, slower).", flag_values=flag_values)
+                        f"(default: tiny; {authors_flags.PRESET!r} when the command uses "
+                        "flag names of google-research/simclr).", flag_values=flag_values)
+    _define_from_fields(RunConfig, _run_flag_fields(), flag_values)
     flags.DEFINE_bool("dry_run", False, "Print the resolved config, where each value came "
                       "from (preset, flagfile, flag, alias), and exit without running or "
                       "writing anything.", flag_values=flag_values)
-    flags.DEFINE_bool("accept_changed_settings", False, "Resume the run in --model_dir "
-                      "although training settings changed since it started (without it "
-                      "such a rerun is refused, naming the changes); the changes are "
-                      "logged and recorded in config.json.", flag_values=flag_values)
-    types = _field_types()
-    for key, (name, help_text) in CONFIG_FLAGS.items():
-        kind, default = types[key]
-        if kind is bool:
-            flags.DEFINE_bool(name, default, help_text, flag_values=flag_values)
-        elif kind is int:
-            flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
-        elif kind is float:
-            flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
-        else:
-            flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+    for section, cls in _SECTION_TYPES.items():
+        _define_from_fields(cls, [f for f in dataclasses.fields(cls)], flag_values)
     authors_flags.define_alias_flags(flag_values)
 
 
@@ -154,10 +127,7 @@ def resolve_flags(flag_values=flags.FLAGS, argv: Optional[Sequence[str]] = None,
     def origin(name):
         return origins.get(name, "command line")
 
-    authors_names = authors_flags.used_names(flag_values)
-    preset = flag_values.preset
-    if not flag_values["preset"].present and authors_names:
-        preset = "authors"
+    preset, preset_notice = authors_flags.base_preset(flag_values)
     config = get_preset(preset)
     sources = {}
     overrides = {}
@@ -174,24 +144,25 @@ def resolve_flags(flag_values=flags.FLAGS, argv: Optional[Sequence[str]] = None,
             sources[by_flag[target]] = where
         else:
             run_values[target] = (value, where)
-        if alias == "checkpoint_steps":  # theirs: steps override epochs
-            overrides["train.checkpoint_epochs"] = 0.0
-            sources["train.checkpoint_epochs"] = f"{where}: steps override epochs"
+        for key, (implied, why) in authors_flags.ALIASES[alias].implies.items():
+            overrides[key] = implied
+            sources[key] = f"{where}: {why}"
     if overrides:
         config = config.override(**overrides)
-    if preset == "authors":
+    if preset == authors_flags.PRESET:
         derived = authors_flags.authors_derived(config, overrides)
         if derived:
             config = config.override(**{key: value for key, (value, _) in derived.items()})
         sources.update({key: f"derived from {why}" for key, (_, why) in derived.items()})
     for key in _config_keys(config):
         sources.setdefault(key, f"preset {preset}")
-    if require_model_dir and flag_values.model_dir is None:
+    if require_model_dir and not flag_values.model_dir:
         raise ConfigError("--model_dir is required (where checkpoints and results go)")
     mode, why = authors_flags.resolved_mode(flag_values)
-    run = {name: flag_values[name].value for name in _RUN_FLAGS}
+    run_flags = [field.name for field in _run_flag_fields()]
+    run = {name: flag_values[name].value for name in run_flags}
     run.update(mode=mode, model_dir=flag_values.model_dir or "(not set)")
-    for name in _RUN_FLAGS:
+    for name in run_flags:
         if flag_values[name].present:
             sources[f"run.{name}"] = f"--{name} ({origin(name)})"
     if why:
@@ -200,26 +171,13 @@ def resolve_flags(flag_values=flags.FLAGS, argv: Optional[Sequence[str]] = None,
         run[name] = value
         sources[f"run.{name}"] = where
     run_config = RunConfig(**run)
-    for name in _RUN_FLAGS:
+    for name in run_flags:
         sources.setdefault(f"run.{name}", "default")
-    notices = []
-    if preset == "authors" and not flag_values["preset"].present:
-        notices.append("base config: preset 'authors' (the defaults of google-research/"
-                       "simclr tf2/run.py), since the command uses their flag names ("
-                       f"{', '.join(authors_names)}); pass --preset to choose another")
-    if flag_values["eval_name"].present:
-        notices.append("--eval_name is never read by the authors' TF2 code; ignored here "
-                       "too (results go to result.json in --model_dir)")
-    notices += authors_flags.tf1_notices(
+    notices = [preset_notice] if preset_notice else []
+    notices += authors_flags.notices(
         flag_values, run_config.training_mode or run_config.train_mode,
         config.model.ft_proj_selector, config.train.zero_init_logits_layer)
     return Resolution(config, run_config, preset, sources, notices)
-
-
-# RunConfig fields that are flags of the same name.
-_RUN_FLAGS = ("mode", "model_dir", "train_mode", "checkpoint", "strategy", "tpu",
-              "tpu_zone", "gcp_project", "num_gpus", "num_cpu_devices", "deterministic",
-              "teacher", "from_scratch", "accept_changed_settings")
 
 
 def _config_keys(config: ExperimentConfig) -> List[str]:

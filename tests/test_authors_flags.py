@@ -272,7 +272,7 @@ def test_checkpoint_epochs_become_steps_of_the_run():
 ])
 def test_variable_schema_notice_says_whether_their_pattern_agrees(pattern, selector, zero,
                                                                   agrees, says):
-    (notice,) = authors_flags.tf1_notices(
+    (notice,) = authors_flags.notices(
         _values([f"--variable_schema={pattern}"]), "finetune", selector, zero)
     assert notice.startswith("--variable_schema is a flag of the authors' TF1 code")
     assert notice.endswith("your pattern agrees") == agrees

@@ -1,18 +1,22 @@
 """Building blocks of the config dataclasses: a field with its help text,
 and validation that names the bad value."""
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from simclr_tf2.errors import ConfigError
 
 
-def setting(default: Any, help_text: str, flag: Optional[str] = None):
-    """A config field with its command-line help (and flag name, when it is
-    not the field's): the one place a setting is described; the flags of
-    `python -m simclr_tf2.train` are generated from these."""
+def setting(default: Any, help_text: str, flag: Optional[str] = None,
+            choices: Optional[Tuple[str, ...]] = None):
+    """A config field with its command-line help: the one place a setting is
+    described; the flags of `python -m simclr_tf2.train` are generated from
+    these. `flag`: the flag's name when it is not the field's ('' for a
+    field with no flag); `choices`: the values allowed (an enum flag)."""
     metadata = {"help": help_text}
     if flag is not None:
         metadata["flag"] = flag
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
     return dataclasses.field(default=default, metadata=metadata)
 
 

@@ -141,12 +141,6 @@ def apply_color_jitter(image: tf.Tensor, order: tf.Tensor, brightness, contrast,
                          (tf.constant(0), tf.ensure_shape(image, shape)))[1]
 
 
-def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
-    """Brightness, contrast, saturation and hue jitter of strength s in a random
-    order (see color_jitter_params), clipping to [0, 1] after each."""
-    return apply_color_jitter(image, *color_jitter_params(seed, strength))
-
-
 def color_drop(image: tf.Tensor) -> tf.Tensor:
     """Greyscale, kept as three channels."""
     return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])

@@ -53,6 +53,13 @@ def per_replica_batch_size(global_batch_size: int,
     return global_batch_size // replicas
 
 
+def is_real(index):
+    """True where a batch row is an example, False where it is padding:
+    index -1 fills the last eval batch, and stands in for an image that did
+    not decode in a single pass (NumPy arrays or tensors)."""
+    return index >= 0
+
+
 def _pad_batch(batch, batch_size):
     missing = batch_size - tf.shape(batch["label"])[0]
 

@@ -154,7 +154,7 @@ class KnnMonitor(orbit.AbstractEvaluator):
     backbone output (`final_avg_pool`), with 'knn_top1' only when the bank
     and the queries have labels. `controller.train_and_evaluate(...,
     eval_interval=knn_interval)` runs it between training loops and writes
-    its values to TensorBoard (summaries/eval)."""
+    its values to TensorBoard (summaries/monitor)."""
 
     def __init__(self, model, data_config: DataConfig, bank_source, query_source,
                  batch_size: int, k: int, temperature: float,

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from simclr_tf2.configs.schema import ExperimentConfig
 from simclr_tf2.data import build_from_config, distribute
+from simclr_tf2.data.pipeline import is_real
 from simclr_tf2.data.subsets import row_lookup
 from simclr_tf2.errors import RunError
 from simclr_tf2.rundir import read_json, write_json
@@ -45,8 +46,8 @@ def recompute_bn(config: ExperimentConfig, strategy, learner: Learner, source, i
         local = batch // replicas
         ds = build_from_config(config.data, source, "eval", batch, indices,
                                input_context=ctx)
-        # Eval batches are padded with index -1: keep real images, full batches.
-        return ds.unbatch().filter(lambda e: e["index"] >= 0).batch(
+        # Real images only, in full batches.
+        return ds.unbatch().filter(lambda e: is_real(e["index"])).batch(
             local, drop_remainder=True)
 
     start = time.time()
@@ -94,7 +95,7 @@ def precompute_teacher_logits(teacher, config: ExperimentConfig, source, indices
                     "table: drop --distill_precompute (the teacher then runs inside "
                     "each step, in memory that does not grow with the data)")
             table = np.zeros([len(source), logits.shape[-1]], np.float32)
-        kept = index >= 0  # eval batches are padded with index -1
+        kept = is_real(index)
         table[index[kept]] = logits[kept]
     if verbose:
         print(f"teacher logits precomputed for {len(indices)} images in "
@@ -146,7 +147,7 @@ def frozen_features(learner: Learner, config: ExperimentConfig, source, indices,
                                       config.train.eval_batch_size, indices,
                                       repeat=False, drop_remainder=False):
         index = element["index"].numpy()
-        keep = index >= 0  # an image that did not decode left a padding example
+        keep = is_real(index)
         rows = row_of(index[keep])
         table[rows] = tf.cast(forward(element["image"]), tf.float32).numpy()[keep]
         filled[rows] = True

@@ -1,9 +1,14 @@
-"""RunConfig: how and where one run runs (not part of the experiment)."""
+"""RunConfig: how and where one run runs (not part of the experiment).
+
+Each field's help is its `setting(...)`; the command line's flags of the
+same names are generated from them (flag_definitions.py).
+"""
 import dataclasses
 from typing import Optional
 
+from simclr_tf2.configs.fields import setting
 from simclr_tf2.configs.modes import RUN_MODES, TRAIN_MODES
-from simclr_tf2.configs.schema import check
+from simclr_tf2.configs.schema import check, check_choice
 from simclr_tf2.tasks import Task, task_for, training_mode
 
 STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker_mirrored", "one_device")
@@ -12,39 +17,45 @@ STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker_mirrored", "one_device")
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """How and where to run (not part of the experiment's definition)."""
-    mode: str = "pretrain"
-    model_dir: str = ""
-    # What train_then_eval trains, and what eval expects in model_dir.
-    train_mode: str = "pretrain"
-    # Initialise fine-tuning / linear eval from this checkpoint (file prefix or
-    # directory): model weights only.
-    checkpoint: Optional[str] = None
-    strategy: str = "auto"
-    tpu: Optional[str] = None
-    tpu_zone: Optional[str] = None
-    gcp_project: Optional[str] = None
-    num_gpus: int = -1
-    # Split the host CPU into this many logical devices (tests, demos).
-    num_cpu_devices: int = 1
-    deterministic: bool = False
-    eval_split: Optional[str] = None
-    # distill: the teacher (a run dir / checkpoint, a hub export, or an
-    # official SimCLRv2 SavedModel).
-    teacher: Optional[str] = None
-    # finetune / linear_eval from random weights (supervised baselines)
-    # instead of a pretrained checkpoint.
-    from_scratch: bool = False
-    # Resume a run in model_dir although training settings changed since
-    # it started (the change is logged and recorded in config.json).
-    accept_changed_settings: bool = False
+    mode: str = setting("pretrain", "What to run: a training mode, eval (a trained run) "
+                        "or train_then_eval (--train_mode, then eval).", choices=RUN_MODES)
+    model_dir: str = setting("", "Run directory: checkpoints, summaries, config.json, "
+                             "result.json.")
+    train_mode: str = setting("pretrain", "What train_then_eval trains; what eval "
+                              "expects when model_dir has no config.json.",
+                              choices=TRAIN_MODES)
+    checkpoint: Optional[str] = setting(None, "Fine-tune / linear-eval / eval from this "
+                                        "checkpoint (prefix or directory; model weights "
+                                        "only) or from an official SimCLRv2 TF2 "
+                                        "SavedModel directory.")
+    strategy: str = setting("auto", "tf.distribute strategy; auto = tpu if --tpu, "
+                            "mirrored with >1 GPU, else one_device.", choices=STRATEGIES)
+    tpu: Optional[str] = setting(None, "TPU name or grpc:// address.")
+    tpu_zone: Optional[str] = setting(None, "TPU zone.")
+    gcp_project: Optional[str] = setting(None, "GCP project of the TPU.")
+    num_gpus: int = setting(-1, "GPUs to use (-1 = all).")
+    num_cpu_devices: int = setting(1, "Split the CPU into this many logical devices "
+                                   "(multi-replica runs on a CPU).")
+    deterministic: bool = setting(False, "Op determinism and fixed seeds (reproducible, "
+                                  "slower).")
+    eval_split: Optional[str] = setting(None, "Evaluate this split instead of "
+                                        "data.eval_split (library callers; the command "
+                                        "line sets --eval_split).", flag="")
+    teacher: Optional[str] = setting(None, "distill: the teacher, a fine-tuned run dir or "
+                                     "checkpoint, a hub export (head_k) or an official "
+                                     "SimCLRv2 SavedModel.")
+    from_scratch: bool = setting(False, "finetune / linear_eval: start from random weights "
+                                 "instead of --checkpoint (supervised baselines).")
+    accept_changed_settings: bool = setting(False, "Resume the run in --model_dir although "
+                                            "training settings changed since it started "
+                                            "(without it such a rerun is refused, naming "
+                                            "the changes); the changes are logged and "
+                                            "recorded in config.json.")
 
     def __post_init__(self):
-        check(self.mode in RUN_MODES, f"mode must be one of {list(RUN_MODES)}. "
-              f"Received: mode={self.mode!r}")
-        check(self.train_mode in TRAIN_MODES, f"train_mode must be one of "
-              f"{list(TRAIN_MODES)}. Received: train_mode={self.train_mode!r}")
-        check(self.strategy in STRATEGIES, f"strategy must be one of "
-              f"{list(STRATEGIES)}. Received: strategy={self.strategy!r}")
+        for field in dataclasses.fields(self):
+            if "choices" in field.metadata:
+                check_choice(field.name, getattr(self, field.name), field.metadata["choices"])
         check(bool(self.model_dir), "model_dir must be set (where checkpoints, "
               "summaries and results go)")
         check(self.num_cpu_devices >= 1, "num_cpu_devices must be >= 1")

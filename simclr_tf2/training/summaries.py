@@ -11,17 +11,24 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
+from simclr_tf2.configs.fields import check_choice
+from simclr_tf2.rundir import MONITOR_SUMMARIES, TRAIN_SUMMARIES
+
+SUMMARY_DIRS = {"train": TRAIN_SUMMARIES, "monitor": MONITOR_SUMMARIES}
+
 Scalars = Dict[str, List[Tuple[int, float]]]
 
 
 def read_scalars(model_dir: str, split: str = "train") -> Scalars:
-    """{tag: [(step, value), ...]} sorted by step, from <model_dir>/summaries/<split>.
+    """{tag: [(step, value), ...]} sorted by step, from the run's summaries of
+    `split`: 'train' (the training loop) or 'monitor' (the kNN monitor).
 
     Every event file is read (a resumed run appends a new one); when a step
     was written twice (a run resumed from an older checkpoint), the later
     file wins. Raises FileNotFoundError when the run wrote no summaries.
     """
-    directory = os.path.join(model_dir, "summaries", split)
+    check_choice("split", split, SUMMARY_DIRS)
+    directory = os.path.join(model_dir, SUMMARY_DIRS[split])
     files = sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*")),
                    key=os.path.getmtime)
     if not files:
