@@ -91,17 +91,33 @@ def _padding_like(spec) -> Dict[str, tf.Tensor]:
 
 
 def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
-                  indices: Optional[np.ndarray] = None,
+                  indices: Optional[np.ndarray] = None, *,
                   color_strength: float = 1.0, blur: bool = True, seed: int = 0,
                   crop_area_min: float = augment.CROP_AREA_RANGE[0], flip: bool = True,
                   shuffle_buffer: int = 10000, cache: bool = False,
-                  repeat: Optional[bool] = None,
-                  input_context: Optional[tf.distribute.InputContext] = None,
-                  start_step: int = 0,
-                  extras: Optional[Dict[str, np.ndarray]] = None,
-                  drop_remainder: Optional[bool] = None,
-                  xla_augment: bool = True, augment_on: str = "host",
-                  service: Optional[str] = None) -> tf.data.Dataset:
+                  xla_augment: bool = True, service: Optional[str] = None,
+                  **options) -> tf.data.Dataset:
+    """`build_from_config` with the data settings given as keywords, for
+    code that has no DataConfig (notebooks, tests): image_size and
+    color_strength, blur, seed, crop_area_min, flip, shuffle_buffer, cache,
+    xla_augment, service are DataConfig's image_size, color_jitter_strength,
+    use_blur, seed, crop_area_min, use_flip, shuffle_buffer, cache,
+    xla_augment, data_service. `options`: build_from_config's (input_context,
+    repeat, start_step, extras, drop_remainder, augment_on)."""
+    config = DataConfig(image_size=image_size, color_jitter_strength=color_strength,
+                        use_blur=blur, seed=seed, crop_area_min=crop_area_min,
+                        use_flip=flip, shuffle_buffer=shuffle_buffer, cache=cache,
+                        xla_augment=xla_augment, data_service=service)
+    return build_from_config(config, source, mode, batch_size, indices, **options)
+
+
+def build_from_config(config: DataConfig, source: Source, mode: str, batch_size: int,
+                      indices: Optional[np.ndarray] = None,
+                      input_context: Optional[tf.distribute.InputContext] = None,
+                      repeat: Optional[bool] = None, start_step: int = 0,
+                      extras: Optional[Dict[str, np.ndarray]] = None,
+                      drop_remainder: Optional[bool] = None,
+                      augment_on: str = "host") -> tf.data.Dataset:
     """Batches of `batch_size` (per replica when `input_context` is given, in
     which case `batch_size` is the global batch) for `mode`.
 
@@ -113,20 +129,22 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     (random access and cache=True: seeded permutations of indices;
     TFRecord files and tfds: seeded chunk orders and windows,
     record_reader.py; other tfds datasets read and drop it).
-    `cache` holds the encoded images in memory (cache.py).
+    `config.cache` holds the encoded images in memory (cache.py).
     `extras` {name: array with one row per source example} adds that row to
     each element (e.g. precomputed teacher logits). Training batches are full
     (drop_remainder) unless drop_remainder=False.
     Training crops of sources that store image files (folders, tfds) decode
-    only the region they use (decode.py; same pixels); `xla_augment`
+    only the region they use (decode.py; same pixels); `config.xla_augment`
     compiles the colour arithmetic of pretraining views of at least
     augment.XLA_MIN_SIZE px (same views to float32 round-off, less CPU).
     `augment_on='device'` leaves the colour distortion and blur of
     pretraining views to the replica step (device_augment.py): views are
-    8-bit flipped crops plus their drawn parameters. `service`
-    (grpc://host:port of a tf.data service dispatcher) runs a training
-    pipeline on the service's workers (data_service.py).
+    8-bit flipped crops plus their drawn parameters (resolve 'auto' with
+    training.distribution.augment_on). `config.data_service` (grpc://host:port
+    of a tf.data service dispatcher) runs a training pipeline on the
+    service's workers (data_service.py).
     """
+    image_size, seed, cache = config.image_size, config.seed, config.cache
     if augment_on not in ("host", "device"):
         raise DataError("augment_on must be 'host' or 'device' here (resolve 'auto' "
                         f"with training.distribution.augment_on). Received: {augment_on!r}")
@@ -143,7 +161,7 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     if drop_remainder and len(indices) < local_batch:
         raise DataError(f"{len(indices)} examples cannot fill one batch of "
                         f"{local_batch}: lower the batch size")
-    service = service if training else None
+    service = config.data_service if training else None
     if service and ((cache and source.has_encoded) or source.load is None):
         raise DataError("data_service reads image folders and built-in data from their "
                         "files and arrays; this source is read in sequence (TFRecord, "
@@ -161,9 +179,10 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     # crops decode only their region; sequential sources always, so that a
     # failed decode happens inside the guarded map (skips.py).
     encoded = not cache and source.has_encoded and (training or source.load is None)
-    xla = xla_augment and image_size >= augment.XLA_MIN_SIZE
-    read_view, finish_view = _view_fns(mode, image_size, color_strength, blur,
-                                       crop_area_min, flip, xla, encoded,
+    xla = config.xla_augment and image_size >= augment.XLA_MIN_SIZE
+    read_view, finish_view = _view_fns(mode, image_size, config.color_jitter_strength,
+                                       config.use_blur, config.crop_area_min,
+                                       config.use_flip, xla, encoded,
                                        device=augment_on == "device")
     replicas_here = 1
     if input_context is not None:
@@ -195,13 +214,13 @@ def build_dataset(source: Source, mode: str, batch_size: int, image_size: int,
     else:
         key = "encoded" if encoded else "image"
         if seekable:
-            ds = source._stream(indices, seed, shuffle_buffer, skip, known, repeat)
+            ds = source._stream(indices, seed, config.shuffle_buffer, skip, known, repeat)
         else:
             ds = source.encoded_dataset(indices) if encoded else source.dataset(indices)
             if cache:
                 ds = ds.cache()
             if training:
-                ds = ds.shuffle(min(shuffle_buffer, len(indices)) or 1, seed=seed,
+                ds = ds.shuffle(min(config.shuffle_buffer, len(indices)) or 1, seed=seed,
                                 reshuffle_each_iteration=True)
 
         def index_of(example):
@@ -331,26 +350,6 @@ def _view_fns(mode: str, image_size: int, color_strength: float, blur: bool,
             image = decode.decode_image_data(image)
         return augment.eval_view(image, image_size, eval_crop)
     return evaluation, lambda image, seed: {"image": image}
-
-
-def build_from_config(config: DataConfig, source: Source, mode: str, batch_size: int,
-                      indices: Optional[np.ndarray] = None,
-                      input_context: Optional[tf.distribute.InputContext] = None,
-                      repeat: Optional[bool] = None, start_step: int = 0,
-                      extras: Optional[Dict[str, np.ndarray]] = None,
-                      drop_remainder: Optional[bool] = None,
-                      augment_on: str = "host") -> tf.data.Dataset:
-    """`build_dataset` with the augmentation and input settings of `config`
-    (`augment_on` as resolved for the run's devices: training.distribution)."""
-    return build_dataset(source, mode, batch_size, config.image_size, indices,
-                         color_strength=config.color_jitter_strength,
-                         blur=config.use_blur, seed=config.seed,
-                         crop_area_min=config.crop_area_min, flip=config.use_flip,
-                         shuffle_buffer=config.shuffle_buffer, cache=config.cache,
-                         repeat=repeat, input_context=input_context,
-                         start_step=start_step, extras=extras,
-                         drop_remainder=drop_remainder, xla_augment=config.xla_augment,
-                         augment_on=augment_on, service=config.data_service)
 
 
 def distribute(strategy: tf.distribute.Strategy,

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from simclr_tf2.errors import RunError
+from simclr_tf2.errors import DataError
 
 log = logging.getLogger("simclr_tf2.train")
 
@@ -81,7 +81,7 @@ def recompute_bn_statistics(model: tf_keras.Model, batches: Iterable,
             layer.momentum = momentum
             layer.fused = was_fused
     if count == 0:
-        raise RunError("recompute_bn_statistics got no batches: it needs at least "
+        raise DataError("recompute_bn_statistics got no batches: it needs at least "
                          "one full batch of training images")
     for layer, (mean, square, var) in zip(layers, sums):
         mean, between = mean / count, np.maximum(square / count - (mean / count) ** 2, 0)
