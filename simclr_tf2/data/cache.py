@@ -36,13 +36,11 @@ _tables: Dict[int, Dict[bytes, tf.lookup.experimental.MutableHashTable]] = {}
 
 def available_memory() -> int:
     """Bytes of host memory available now (Linux: MemAvailable; else free pages)."""
-    try:
+    if os.path.exists("/proc/meminfo"):
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
-        pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 

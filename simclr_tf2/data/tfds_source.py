@@ -31,7 +31,7 @@ def tfds_source(name: str, split: str, data_dir: Optional[str],
     import tensorflow_datasets as tfds
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as error:  # noqa: BLE001 - tfds raises many types here
+    except (ValueError, AssertionError) as error:  # unknown name, config or version
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise DataError(f"tfds dataset {name!r} is unknown ({first_line}): check the "
                         "name (tfds.list_builders()) and that its module is imported") from None
