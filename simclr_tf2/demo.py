@@ -19,8 +19,14 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", "runs/digits_demo", "Where the two stages write.")
-flags.DEFINE_bool("fresh", False, "Delete model_dir first.")
+
+
+def define_flags(flag_values=flags.FLAGS) -> None:
+    """The demo's flags, defined by its entry point (not at import)."""
+    flags.DEFINE_string("model_dir", "runs/digits_demo", "Where the two stages write.",
+                        flag_values=flag_values)
+    flags.DEFINE_bool("fresh", False, "Delete model_dir first.", flag_values=flag_values)
+
 
 FLAG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags")
 
@@ -75,5 +81,11 @@ def main(argv):
               f"{outcome['export_top1']:.1%}.")
 
 
-if __name__ == "__main__":
+def console_main():
+    """`python -m simclr_tf2.demo` (what `python3 dev.py demo` runs)."""
+    define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    console_main()

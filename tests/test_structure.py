@@ -217,3 +217,24 @@ def test_entry_points_catch_only_the_librarys_errors():
     for name in ENTRY_POINTS:
         file = os.path.join(PACKAGE, name)
         assert not caught_builtin_errors(open(file).read(), file), name
+
+
+def module_level_flag_definitions(source, name="<source>"):
+    """Lines where a module defines absl flags at import (outside functions)."""
+    tree = ast.parse(source, name)
+    found = []
+    for node in tree.body:
+        for call in ast.walk(node):
+            if (not isinstance(node, (ast.FunctionDef, ast.ClassDef))
+                    and isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                    and call.func.attr.startswith("DEFINE")):
+                found.append(call.lineno)
+    return found
+
+
+def test_flags_are_defined_by_the_entry_point_that_parses_them():
+    assert module_level_flag_definitions("flags.DEFINE_bool('x', 1, '')\n"
+                                         "def f():\n    flags.DEFINE_bool('y', 1, '')\n") == [1]
+    found = {os.path.relpath(f, ROOT): module_level_flag_definitions(open(f).read(), f)
+             for f in _modules().values()}
+    assert not {k: v for k, v in found.items() if v}, found
