@@ -15,11 +15,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from absl import flags
 
 from simclr_tf2 import authors_flags
-from simclr_tf2.configs.modes import RUN_MODES, TRAIN_MODES
 from simclr_tf2.configs.presets import get_preset, preset_names
 from simclr_tf2.configs.schema import _SECTION_TYPES, ExperimentConfig
 from simclr_tf2.errors import ConfigError
-from simclr_tf2.training.run_config import STRATEGIES, RunConfig
+from simclr_tf2.training.run_config import RunConfig
 
 
 def _config_flags() -> Dict[str, Tuple[str, str]]:
