@@ -11,6 +11,7 @@ data, RuntimeError for runs, exports and imports).
 
 class SimCLRError(Exception):
     """Base of every error this library raises on purpose."""
+    exit_code = 2  # of the command line that prints it
 
 
 class ConfigError(SimCLRError, ValueError):
@@ -37,3 +38,29 @@ class ExportError(SimCLRError, RuntimeError):
 
 class OfficialImportError(SimCLRError, RuntimeError):
     """An official SavedModel does not fit the model; the message lists what differs."""
+
+
+# Exit statuses of the command line, which a scheduler can tell apart: 0
+# done, 1 a bug (a traceback), 2 bad settings or data (SimCLRError), and two
+# from sysexits.h: 75 (EX_TEMPFAIL, "try again") a preempted run whose
+# checkpoint is written, 69 (EX_UNAVAILABLE) a multi-worker run that lost a
+# worker.
+PREEMPTED_EXIT_CODE = 75
+WORKER_LOST_EXIT_CODE = 69
+
+
+class Preempted(RunError):
+    """The run was asked to stop (SIGTERM, a maintenance notice) and wrote a
+    checkpoint at `step` first: rerun the same command to resume."""
+    exit_code = PREEMPTED_EXIT_CODE
+
+    def __init__(self, step: int):
+        self.step = step
+        super().__init__(f"preempted at step {step}: checkpoint written, rerun the same "
+                         "command to resume")
+
+
+class WorkerLost(RunError):
+    """A multi-worker run lost a worker (it stopped answering); the message
+    names it where TensorFlow does and the checkpoint a restart resumes from."""
+    exit_code = WORKER_LOST_EXIT_CODE

@@ -10,7 +10,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from simclr_tf2.flag_definitions import define_flags, format_resolution, resolve_flags
-from simclr_tf2.errors import SimCLRError
+from simclr_tf2.errors import Preempted, SimCLRError
 from simclr_tf2.training.runner import run
 
 FLAGS = flags.FLAGS
@@ -21,7 +21,10 @@ def run_command(flag_values, argv=None) -> int:
     problem the library names (a SimCLRError: settings, data, the run, the
     export) prints one `simclr_tf2.train: error:` line (what is wrong and
     the fix) and returns 2; settings and data are checked before anything is
-    written. Any other exception is a bug: it propagates with its traceback.
+    written. A preempted run (SIGTERM) prints `preempted at step N: ...` and
+    returns 75 after writing its checkpoint; a multi-worker run that lost a
+    worker returns 69 (errors.py lists the codes). Any other exception is a
+    bug: it propagates with its traceback.
     --dry_run prints the resolved config and returns 0. `argv`: the command
     line (default sys.argv), to tell flagfile values from the command line's."""
     try:
@@ -33,9 +36,12 @@ def run_command(flag_values, argv=None) -> int:
         for notice in resolution.notices:
             print(f"notice: {notice}", flush=True)
         outcome = run(resolution.config, resolution.run_config)
+    except Preempted as stop:  # the checkpoint is written: rerun to resume
+        print(stop, flush=True)
+        return stop.exit_code
     except SimCLRError as error:
         print(f"simclr_tf2.train: error: {error}", file=sys.stderr, flush=True)
-        return 2
+        return error.exit_code
     if outcome["result"] is not None:
         print(f"top-1 {outcome['result']['top1']:.4f}")
     return 0

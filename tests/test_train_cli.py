@@ -215,10 +215,11 @@ def test_end_to_end_pretrain_finetune_linear_eval_eval(shared_runs, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_and_rerun_resumes_to_the_same_weights(tmp_path):
+    # An eighth-width ResNet-18 on 16 px digits: the check is the restart.
     args = ["--preset=tiny", "--mode=pretrain", "--train_steps=20", "--steps_per_loop=5",
-            "--summary_interval=5", "--checkpoint_interval=5", "--queue_size=64",
-            "--train_batch_size=32", "--learning_rate=0.3", "--deterministic",
-            "--noexport_at_end"]
+            "--summary_interval=5", "--checkpoint_interval=5", "--queue_size=32",
+            "--train_batch_size=16", "--width_multiplier=0.125", "--image_size=16",
+            "--learning_rate=0.3", "--deterministic", "--noexport_at_end"]
     killed = str(tmp_path / "killed")
     process = subprocess.Popen(
         [sys.executable, "-m", "simclr_tf2.train", *args, f"--model_dir={killed}"],
@@ -298,31 +299,82 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_local_workers_train_and_write_one_checkpoint(tmp_path):
-    ports = [_free_port(), _free_port()]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    model_dir = str(tmp_path / "mw")
-    args = ["--preset=tiny", "--mode=pretrain", "--strategy=multi_worker_mirrored",
-            "--train_steps=4", "--steps_per_loop=2", "--summary_interval=2",
-            "--checkpoint_interval=4", "--train_batch_size=16", f"--model_dir={model_dir}",
-            "--augment_on=device"]  # colour and blur in each worker's replica step
-    processes = []
+def _workers(args, model_dir):
+    """Two local workers (TF_CONFIG on loopback) running `args`; returns the
+    processes and their output lines, read as they come."""
+    import threading
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}" for _ in range(2)]}
+    processes, lines = [], [[], []]
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         processes.append(subprocess.Popen(
-            [sys.executable, "-m", "simclr_tf2.train", *args], cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "simclr_tf2.train", *args, f"--model_dir={model_dir}"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=dict(os.environ, TF_CONFIG=tf_config)))
-    outputs = [p.communicate(timeout=600)[0].decode() for p in processes]
-    for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output[-3000:]
-    assert "on 2 replica(s), steps 0 -> 4, colour and blur on the device" in outputs[0]
+
+    def read(index):
+        for line in processes[index].stdout:
+            lines[index].append(line.decode())
+    readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(2)]
+    for reader in readers:
+        reader.start()
+    return processes, lines, readers
+
+
+def _signal_at(processes, lines, step, total, victim, signum):
+    """Sends `signum` to worker `victim` once worker 0 reports `step`."""
+    deadline = time.time() + 600
+    while not any(f"step {step}/{total}" in line for line in lines[0]):
+        assert time.time() < deadline and processes[0].poll() is None, "".join(lines[0])
+        time.sleep(0.1)
+    processes[victim].send_signal(signum)
+    return time.time()
+
+
+def test_two_local_workers_survive_a_lost_worker_and_a_preemption(tmp_path):
+    """Two local workers (MultiWorkerMirroredStrategy), one model_dir, three
+    starts of the same command: worker 1 killed (SIGKILL) -> worker 0 exits
+    69 within 60 s naming it and the checkpoint to resume from; restarted,
+    worker 1 gets SIGTERM -> both write the step they agree on and exit 75;
+    restarted, they resume there and finish with one checkpoint and export."""
+    model_dir = str(tmp_path / "mw")
+    total = 12
+    args = ["--preset=tiny", "--mode=pretrain", "--strategy=multi_worker_mirrored",
+            f"--train_steps={total}", "--steps_per_loop=2", "--summary_interval=2",
+            "--checkpoint_interval=1000", "--train_batch_size=16", "--image_size=16",
+            "--width_multiplier=0.125",
+            "--augment_on=device"]  # colour and blur in each worker's replica step
+    processes, lines, readers = _workers(args, model_dir)
+    killed_at = _signal_at(processes, lines, 4, total, 1, signal.SIGKILL)
+    assert processes[0].wait(timeout=60) == 69 and time.time() - killed_at < 60
+    readers[0].join(10)
+    (said,) = [line for line in lines[0] if "error:" in line]
+    assert "lost worker 1" in said and f"{model_dir}/ckpt-2" in said, said
+    processes[1].wait()
+
+    processes, lines, readers = _workers(args, model_dir)
+    _signal_at(processes, lines, 6, total, 1, signal.SIGTERM)
+    assert [p.wait(timeout=120) for p in processes] == [75, 75]
+    for reader in readers:
+        reader.join(10)
+    stops = [re.findall(r"preempted at step (\d+): checkpoint written, rerun the same "
+                        r"command to resume", "".join(out)) for out in lines]
+    assert stops[0] == stops[1] and len(stops[0]) == 1, lines
+    step = int(stops[0][0])
+    assert 6 <= step < total and tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{step}")
+
+    processes, lines, readers = _workers(args, model_dir)
+    assert [p.wait(timeout=600) for p in processes] == [0, 0], "".join(lines[0])[-3000:]
+    for reader in readers:
+        reader.join(10)
+    output = "".join(lines[0])
+    assert f"resuming from {model_dir}/ckpt-{step} at step {step}" in output
+    assert f"on 2 replica(s), steps {step} -> {total}, colour and blur on the device" in output
     # Only the chief writes to model_dir (the other worker's temporary copy is
-    # removed); the first checkpoint comes after the first loop, the last at the end.
-    assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-4")
+    # removed at the end); both export (saving may need all), the chief's stays.
+    assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{total}")
     assert not glob.glob(os.path.join(model_dir, ".worker_*"))
-    # Both workers export (saving may need all of them); the chief's copy stays.
-    assert os.listdir(os.path.join(model_dir, "hub")) == ["4"]
+    assert os.listdir(os.path.join(model_dir, "hub")) == [str(total)]
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(

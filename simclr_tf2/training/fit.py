@@ -2,6 +2,7 @@
 orbit loop and what follows it, all read from the RunPlan."""
 import contextlib
 import dataclasses
+import re
 import shutil
 import time
 from typing import Dict, Optional
@@ -11,12 +12,14 @@ import tensorflow as tf
 
 from simclr_tf2.configs.schema import ExperimentConfig
 from simclr_tf2.data import build_from_config, distribute, feature_dataset, skips
+from simclr_tf2.errors import WorkerLost
 from simclr_tf2.monitors.knn_monitor import KnnMonitor, monitor_subset
 from simclr_tf2.rundir import (MONITOR_FILE, MONITOR_SUMMARIES, TEACHER_LOGITS,
                                TRAIN_SUMMARIES, path, write_json)
 from simclr_tf2.training.initialisation import init_model, summary
 from simclr_tf2.training.learner import Learner
 from simclr_tf2.training.plan import RunPlan
+from simclr_tf2.training.preemption import preemption_checkpoints
 from simclr_tf2.training.precompute import (frozen_features, precompute_teacher_logits,
                                             recompute_bn)
 from simclr_tf2.training.teacher import load_teacher
@@ -31,6 +34,7 @@ class Training:
     manager: tf.train.CheckpointManager
     extras: Optional[Dict] = None  # per-example values the batches carry
     monitor: Optional[KnnMonitor] = None
+    preemption: Optional[object] = None  # a PreemptionCheckpointHandler
 
 
 def checkpoint_interval(config: ExperimentConfig, steps) -> int:
@@ -45,18 +49,23 @@ def train(plan: RunPlan, verbose: bool = True) -> Learner:
     """Trains the plan's task in model_dir until its last step; resumes from
     the newest checkpoint there, else starts from run_config.checkpoint."""
     training = build_training(plan, verbose)
-    start = restore_or_initialise(plan, training, verbose)
-    dataset = training_dataset(plan, training.learner, start, training.extras, verbose)
-    if plan.task.contrastive and plan.config.monitor.knn_interval > 0:
-        training.monitor = knn_monitor(plan, training.learner, verbose)
-    with orbit_messages_logged_only():
-        controller = make_controller(plan, training, dataset, verbose)
-        announce(plan, start, verbose)
-        run_start = time.time()
-        with stopped_by_bad_images(plan.data.train.skip_log):
-            run_loop(plan, controller, training.monitor, start)
+    learner = training.learner
+    # SIGTERM from here to the loop's end: a checkpoint at the step reached
+    # (preemption.py). The handler restores or initialises as it starts.
+    with preemption_checkpoints(plan.strategy, training.manager, learner.step) as handler:
+        training.preemption = handler
+        start = restore_or_initialise(plan, training, verbose)
+        dataset = training_dataset(plan, learner, start, training.extras, verbose)
+        if plan.task.contrastive and plan.config.monitor.knn_interval > 0:
+            training.monitor = knn_monitor(plan, learner, verbose)
+        with orbit_messages_logged_only():
+            controller = make_controller(plan, training, dataset, verbose)
+            announce(plan, start, verbose)
+            run_start = time.time()
+            with stopped_by_bad_images(plan.data.train.skip_log), lost_workers_named(plan):
+                run_loop(plan, controller, training.monitor, start)
     finish(plan, training, time.time() - run_start, verbose)
-    return training.learner
+    return learner
 
 
 def build_training(plan: RunPlan, verbose: bool) -> Training:
@@ -109,14 +118,17 @@ def _initialiser(plan: RunPlan, learner: Learner, verbose: bool):
 
 
 def restore_or_initialise(plan: RunPlan, training: Training, verbose: bool) -> int:
-    """Resumes from the newest checkpoint in model_dir (every saved object
-    must match), else initialises (the manager's init_fn); returns the step."""
+    """Resumes from the newest checkpoint in model_dir, else initialises (the
+    manager's init_fn); returns the step. The preemption handler has done
+    it as it started, when there is one."""
     latest = training.manager.latest_checkpoint
+    if training.preemption is None:
+        if latest:  # every saved object must match
+            training.checkpoint.restore(latest).assert_existing_objects_matched()
+        else:
+            training.manager.restore_or_initialize()
     if latest:
-        training.checkpoint.restore(latest).assert_existing_objects_matched()
         say(verbose, f"resuming from {latest} at step {int(training.learner.step.numpy())}")
-    else:
-        training.manager.restore_or_initialize()
     return int(training.learner.step.numpy())
 
 
@@ -163,7 +175,8 @@ def make_controller(plan: RunPlan, training: Training, dataset,
     learner, train = training.learner, plan.config.train
     trainer = SimCLRTrainer(learner, plan.strategy, dataset, plan.steps.total_steps,
                             plan.global_batch, verbose=verbose,
-                            skip_log=plan.data.train.skip_log)
+                            skip_log=plan.data.train.skip_log,
+                            preemption=training.preemption)
     summary_dir = path(plan.model_dir, TRAIN_SUMMARIES) if plan.chief else None
     if plan.chief and int(learner.step.numpy()) == 0:
         _image_summaries(summary_dir, plan)
@@ -243,6 +256,37 @@ def stopped_by_bad_images(skip_log):
         if stop is None:
             raise
         raise stop from None
+
+
+# How TensorFlow's collectives and coordination service report a peer that
+# stopped answering (killed, out of memory, its machine gone).
+_PEER_LOST = re.compile(r"unhealthy|stopped sending heartbeats|socket closed|"
+                        r"connection reset|collective ops is aborted", re.IGNORECASE)
+_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+
+
+@contextlib.contextmanager
+def lost_workers_named(plan: RunPlan):
+    """Turns a multi-worker run's collective failure on a lost peer into a
+    WorkerLost naming the peer (where TensorFlow names it) and the
+    checkpoint a restart of every worker resumes from."""
+    try:
+        yield
+    except tf.errors.OpError as error:
+        resolver = getattr(plan.strategy, "cluster_resolver", None)
+        if (not isinstance(plan.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                or resolver is None or not _PEER_LOST.search(error.message)):
+            raise
+        own = (resolver.task_type, resolver.task_id)
+        lost = sorted({f"{job} {task}" for job, task in _TASK.findall(error.message)
+                       if (job, int(task)) != own})
+        latest = tf.train.latest_checkpoint(plan.model_dir)
+        said = next(line.strip() for line in error.message.splitlines()
+                    if _PEER_LOST.search(line))
+        raise WorkerLost(
+            f"lost {' and '.join(lost) if lost else 'a peer worker'} (TensorFlow: {said}); "
+            + (f"the last checkpoint is {latest}" if latest else "no checkpoint yet")
+            + ": restart every worker with the same command to resume from it") from None
 
 
 def _image_summaries(summary_dir: str, plan: RunPlan, count: int = 4) -> None:

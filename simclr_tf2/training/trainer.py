@@ -9,10 +9,12 @@ import sys
 import time
 
 import orbit
+import tensorflow as tf
 import tf_keras
 
 from simclr_tf2.errors import NonFiniteLossError
 from simclr_tf2.training.learner import Learner
+from simclr_tf2.training.preemption import checkpoint_if_preempted
 
 log = logging.getLogger("simclr_tf2.train")
 
@@ -70,8 +72,11 @@ class SimCLRTrainer(orbit.StandardTrainer):
                       "queue_own_images")
 
     def __init__(self, learner: Learner, strategy, dataset, total_steps: int,
-                 global_batch: int, verbose: bool = True, skip_log=None):
+                 global_batch: int, verbose: bool = True, skip_log=None,
+                 preemption=None):
         self.learner = learner
+        # A PreemptionCheckpointHandler, asked after every step (preemption.py).
+        self.preemption = preemption
         self.skip_log = skip_log  # images that failed to decode (data/skips.py)
         self.strategy = strategy
         self.total_steps = total_steps
@@ -88,6 +93,17 @@ class SimCLRTrainer(orbit.StandardTrainer):
         self._run_start_step = int(learner.step.numpy())
         super().__init__(dataset, options=orbit.StandardTrainerOptions(
             use_tf_while_loop=False))
+
+    def create_train_loop_fn(self):
+        """orbit's loop without a tf.while_loop (each step a call of the
+        compiled step), with the preemption check after every step."""
+        step = tf.function(self.train_step)
+
+        def loop(iterator, num_steps):
+            for _ in range(int(num_steps)):
+                step(iterator)
+                checkpoint_if_preempted(self.preemption, self.learner.step)
+        return loop
 
     def train_loop_begin(self):
         for metric in self.metrics.values():
