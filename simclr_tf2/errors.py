@@ -32,6 +32,11 @@ class NonFiniteLossError(RunError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class CollapseError(RunError):
+    """The collapse alarm fired and monitor.stop_on_collapse ends the run;
+    the last checkpoint is kept."""
+
+
 class ExportError(SimCLRError, RuntimeError):
     """The export cannot be written; the message says why and what to do."""
 

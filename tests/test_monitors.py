@@ -215,3 +215,56 @@ def test_training_ends_in_the_same_weights_with_and_without_the_monitor(tmp_path
     assert [h["step"] for h in record["history"]] == [3, 6]
     assert record["monitor_seconds"] > 0
     assert os.listdir(tmp_path / "k3" / "summaries" / "monitor")
+
+
+# Effective rank of the projections per loop, as the runs printed them
+# (bench/RESULTS.md, "Collapse alarm"): mnist5k at batch 128 for 186 steps,
+# queue 1024, momentum 0.99, with the paper's online positives (collapses)
+# and with the default both; the digits demo's whole pretraining (default).
+BROKEN = [41.5, 11.2, 8.1, 7.39, 7.13, 6.29]
+DEFAULT = [47.5, 28.3, 18.9, 19.2, 19.7, 20.3]
+DEMO = [26.7, 19.5, 15.9, 15.1, 15.8, 15.4, 16, 15.9, 16.2, 16.5, 17.1, 17.6, 17.9, 18.1,
+        18.3, 18.5, 18.5]
+
+
+def test_the_collapse_alarm_fires_on_the_collapsed_run_only_and_once():
+    from simclr_tf2.configs.schema import MonitorConfig
+    from simclr_tf2.monitors.representation import CollapseWatch
+    ratio = MonitorConfig().collapse_alarm
+    warnings = {}
+    for name, ranks, loop in (("broken", BROKEN, 31), ("default", DEFAULT, 31),
+                              ("demo", DEMO, 20)):
+        watch = CollapseWatch(ratio)
+        said = [(step, w) for step, w in ((loop * (i + 1), watch.update(r, loop * (i + 1)))
+                                          for i, r in enumerate(ranks)) if w]
+        warnings[name] = said
+    assert not warnings["default"] and not warnings["demo"]
+    ((step, said),) = warnings["broken"]  # once, at the first value below 1/4
+    assert step == 93 and "fell to 8.1, below 0.25 of its peak 41.5 at step 31" in said
+    assert CollapseWatch(0.0).update(1.0, 2) is None  # off
+    off = CollapseWatch(0.0)
+    assert off.update(40.0, 1) is None and off.update(1.0, 2) is None
+
+
+def test_the_trainer_warns_once_or_stops_on_collapse(capsys):
+    import types
+    from simclr_tf2.configs.schema import MonitorConfig
+    from simclr_tf2.errors import CollapseError
+    from simclr_tf2.monitors.representation import CollapseWatch
+    from simclr_tf2.training.trainer import SimCLRTrainer
+
+    def trainer(stop):
+        config = types.SimpleNamespace(monitor=MonitorConfig(stop_on_collapse=stop))
+        return types.SimpleNamespace(learner=types.SimpleNamespace(config=config),
+                                     verbose=True, collapse=CollapseWatch(0.25))
+    warned = trainer(stop=False)
+    for step, rank in ((31, 41.5), (62, 11.2), (93, 8.1), (124, 7.0)):
+        SimCLRTrainer._watch_collapse(warned, {"erank_projection": rank}, step)
+    SimCLRTrainer._watch_collapse(warned, {"loss": 1.0}, 155)  # no memory: no rank
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: step 93: the projections'")
+    stopping = trainer(stop=True)
+    SimCLRTrainer._watch_collapse(stopping, {"erank_projection": 41.5}, 31)
+    with pytest.raises(CollapseError, match="step 62: .* Stopped \\(--stop_on_collapse\\); "
+                                            "the last checkpoint is kept"):
+        SimCLRTrainer._watch_collapse(stopping, {"erank_projection": 9.0}, 62)

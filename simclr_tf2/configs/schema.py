@@ -298,6 +298,15 @@ class MonitorConfig:
         "subset (0 = all).")
     knn_eval_size: int = setting(10000,
         "kNN monitor: at most this many eval-split images as queries (0 = all).")
+    collapse_alarm: float = setting(0.25,
+        "Pretraining with the memory: warn once when the projections' effective rank "
+        "(per step, averaged over a loop) falls below this fraction of its peak, the "
+        "collapse of bench/RESULTS.md's 'Memory' (0 = off).")
+    stop_on_collapse: bool = setting(False,
+        "End the run when the collapse alarm fires (the last checkpoint is kept).")
+    console_diagnostics: bool = setting(False,
+        "Also print the memory's per-step diagnostics (effective ranks, cosines, queue) on"
+        " the console; they are always in TensorBoard.")
 
     def __post_init__(self):
         check_range("probe_learning_rate", self.probe_learning_rate, 0)
@@ -306,6 +315,7 @@ class MonitorConfig:
         check_range("knn_temperature", self.knn_temperature, 0, low_inclusive=False)
         check_range("knn_bank_size", self.knn_bank_size, 0)
         check_range("knn_eval_size", self.knn_eval_size, 0)
+        check_range("collapse_alarm", self.collapse_alarm, 0, 1)
 
 
 @dataclasses.dataclass(frozen=True)

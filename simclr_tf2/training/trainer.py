@@ -12,7 +12,8 @@ import orbit
 import tensorflow as tf
 import tf_keras
 
-from simclr_tf2.errors import NonFiniteLossError
+from simclr_tf2.errors import CollapseError, NonFiniteLossError
+from simclr_tf2.monitors.representation import CollapseWatch
 from simclr_tf2.training.learner import Learner
 from simclr_tf2.training.preemption import checkpoint_if_preempted
 
@@ -66,7 +67,7 @@ def format_time(seconds: float) -> str:
 class SimCLRTrainer(orbit.StandardTrainer):
     """Runs `Learner.distributed_step` in orbit's loop; averages metrics per loop."""
 
-    # Printed on a second line when the run has a memory.
+    # Printed on a second line with monitor.console_diagnostics.
     MEMORY_METRICS = ("erank_projection", "erank_backbone", "cos_positive", "cos_negative",
                       "cos_queue", "queue_mean_norm", "online_momentum_cos",
                       "queue_own_images")
@@ -91,6 +92,7 @@ class SimCLRTrainer(orbit.StandardTrainer):
         self._loop_step = None
         self._run_start = time.time()
         self._run_start_step = int(learner.step.numpy())
+        self.collapse = CollapseWatch(learner.config.monitor.collapse_alarm)
         super().__init__(dataset, options=orbit.StandardTrainerOptions(
             use_tf_while_loop=False))
 
@@ -118,6 +120,23 @@ class SimCLRTrainer(orbit.StandardTrainer):
                 self.metrics[name] = tf_keras.metrics.Mean(name)
             self.metrics[name].update_state(value)
 
+    def _watch_collapse(self, results, step: int) -> None:
+        """The collapse alarm: one warning line, or with stop_on_collapse a
+        CollapseError (the last checkpoint kept)."""
+        if "erank_projection" not in results:  # computed in runs with the memory
+            return
+        warning = self.collapse.update(results["erank_projection"], step)
+        if warning is None:
+            return
+        if self.learner.config.monitor.stop_on_collapse:
+            raise CollapseError(f"{warning}. Stopped (--stop_on_collapse); the last "
+                                "checkpoint is kept")
+        if self.verbose:  # once on the console; the log has it at info
+            log.info(warning)
+            print(f"warning: {warning}", flush=True)
+        else:
+            log.warning(warning)
+
     def train_loop_end(self):
         step = int(self.learner.step.numpy())
         results = {name: float(m.result()) for name, m in self.metrics.items()
@@ -134,6 +153,7 @@ class SimCLRTrainer(orbit.StandardTrainer):
         if self.skip_log is not None:
             self.skip_log.update()  # tells of each new one
             results["skipped_images"] = self.skip_log.count
+        self._watch_collapse(results, step)
         rate = (step - self._run_start_step) / max(time.time() - self._run_start, 1e-9)
         eta = (self.total_steps - step) / rate if rate > 0 else 0.0
         if self.verbose:
@@ -149,7 +169,7 @@ class SimCLRTrainer(orbit.StandardTrainer):
                   f"{results['images_per_second']:.1f} img/s | ETA "
                   f"{format_time(eta)}" + (f" | {skipped} bad images skipped" if skipped
                                            else ""), flush=True)
-            if "cos_queue" in results:
+            if "cos_queue" in results and self.learner.config.monitor.console_diagnostics:
                 print("  memory: " + " ".join(f"{k} {results[k]:.3g}" for k in
                                              self.MEMORY_METRICS if k in results),
                       flush=True)
