@@ -8,7 +8,6 @@ compares mode names). The idea is Model Garden's `Task`
 (official/core/base_task.py); the code is ours, since that one owns its own
 training loop and input pipeline where ours are the Learner and data/.
 """
-import dataclasses
 from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
@@ -84,10 +83,3 @@ class Task:
 
     def all_metric_names(self) -> Tuple[str, ...]:
         return COMMON_METRICS + self.metric_names
-
-    def __repr__(self):
-        return f"{type(self).__name__}()"
-
-
-def with_model_config(config: ExperimentConfig, **changes) -> ModelConfig:
-    return dataclasses.replace(config.model, **changes)

@@ -1,6 +1,7 @@
 """Contrastive pretraining (SimCLRv2, Chen et al. 2020, sec. 2): NT-Xent on
 two views, with the optional memory (momentum encoder and queue of
 negatives) and the online linear probe."""
+import dataclasses
 from typing import Dict, Optional
 
 import tensorflow as tf
@@ -10,7 +11,7 @@ from simclr_tf2.configs.schema import ExperimentConfig, ModelConfig
 from simclr_tf2.memory import MomentumEncoder, NegativeQueue
 from simclr_tf2.monitors.representation import effective_rank
 from simclr_tf2.objectives.nt_xent import gather_from_replicas, nt_xent_loss
-from simclr_tf2.tasks.base import Task, supervised_loss, with_model_config
+from simclr_tf2.tasks.base import Task, supervised_loss
 
 # The memory's diagnostics (bench/RESULTS.md, "Memory").
 MEMORY_METRICS = ("erank_projection", "erank_backbone", "cos_queue", "queue_mean_norm",
@@ -36,7 +37,7 @@ class PretrainTask(Task):
 
     def model_config(self, config: ExperimentConfig) -> ModelConfig:
         if not config.train.lineareval_while_pretraining:
-            return with_model_config(config, num_classes=0)
+            return dataclasses.replace(config.model, num_classes=0)
         return config.model
 
     def prepare(self, learner) -> None:

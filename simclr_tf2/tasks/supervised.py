@@ -1,13 +1,14 @@
 """The tasks that train the supervised head: fine-tuning from a middle layer
 of the projection head, linear evaluation, and distillation into a student
 (SimCLRv2, Chen et al. 2020, sec. 2)."""
+import dataclasses
 from typing import Optional
 
 import tensorflow as tf
 
 from simclr_tf2.configs.schema import ExperimentConfig, ModelConfig, check
 from simclr_tf2.objectives.distill import distillation_loss
-from simclr_tf2.tasks.base import Task, supervised_loss, with_model_config
+from simclr_tf2.tasks.base import Task, supervised_loss
 
 
 class FinetuneTask(Task):
@@ -35,7 +36,7 @@ class LinearEvalTask(FinetuneTask):
 
     def model_config(self, config: ExperimentConfig) -> ModelConfig:
         super().model_config(config)
-        return with_model_config(config, fine_tune_after_block=4)
+        return dataclasses.replace(config.model, fine_tune_after_block=4)
 
     def prepare(self, learner) -> None:
         learner.model.projection_head.trainable = False

@@ -62,7 +62,7 @@ def train(plan: RunPlan, verbose: bool = True) -> Learner:
             controller = make_controller(plan, training, dataset, verbose)
             announce(plan, start, verbose)
             run_start = time.time()
-            with stopped_by_bad_images(plan.data.train.skip_log), lost_workers_named(plan):
+            with failures_named(plan):
                 run_loop(plan, controller, training.monitor, start)
     finish(plan, training, time.time() - run_start, verbose)
     return learner
@@ -123,10 +123,7 @@ def restore_or_initialise(plan: RunPlan, training: Training, verbose: bool) -> i
     it as it started, when there is one."""
     latest = training.manager.latest_checkpoint
     if training.preemption is None:
-        if latest:  # every saved object must match
-            training.checkpoint.restore(latest).assert_existing_objects_matched()
-        else:
-            training.manager.restore_or_initialize()
+        training.manager.restore_or_initialize()
     if latest:
         say(verbose, f"resuming from {latest} at step {int(training.learner.step.numpy())}")
     return int(training.learner.step.numpy())
@@ -246,16 +243,17 @@ def finish(plan: RunPlan, training: Training, seconds: float, verbose: bool) -> 
 
 
 @contextlib.contextmanager
-def stopped_by_bad_images(skip_log):
-    """Turns the input pipeline's stop on too many undecodable images in a
-    row into a DataError naming them."""
+def failures_named(plan: RunPlan):
+    """The training loop's TensorFlow errors whose cause is known, raised as
+    the library's error naming it and the fix: too many undecodable images
+    in a row (skips.py), a lost worker."""
     try:
         yield
     except tf.errors.OpError as error:
-        stop = skips.stop_error(error, skip_log)
-        if stop is None:
+        named = skips.stop_error(error, plan.data.train.skip_log) or worker_lost(plan, error)
+        if named is None:
             raise
-        raise stop from None
+        raise named from None
 
 
 # How TensorFlow's collectives and coordination service report a peer that
@@ -265,28 +263,24 @@ _PEER_LOST = re.compile(r"unhealthy|stopped sending heartbeats|socket closed|"
 _TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
 
 
-@contextlib.contextmanager
-def lost_workers_named(plan: RunPlan):
-    """Turns a multi-worker run's collective failure on a lost peer into a
-    WorkerLost naming the peer (where TensorFlow names it) and the
-    checkpoint a restart of every worker resumes from."""
-    try:
-        yield
-    except tf.errors.OpError as error:
-        resolver = getattr(plan.strategy, "cluster_resolver", None)
-        if (not isinstance(plan.strategy, tf.distribute.MultiWorkerMirroredStrategy)
-                or resolver is None or not _PEER_LOST.search(error.message)):
-            raise
-        own = (resolver.task_type, resolver.task_id)
-        lost = sorted({f"{job} {task}" for job, task in _TASK.findall(error.message)
-                       if (job, int(task)) != own})
-        latest = tf.train.latest_checkpoint(plan.model_dir)
-        said = next(line.strip() for line in error.message.splitlines()
-                    if _PEER_LOST.search(line))
-        raise WorkerLost(
-            f"lost {' and '.join(lost) if lost else 'a peer worker'} (TensorFlow: {said}); "
-            + (f"the last checkpoint is {latest}" if latest else "no checkpoint yet")
-            + ": restart every worker with the same command to resume from it") from None
+def worker_lost(plan: RunPlan, error: tf.errors.OpError) -> Optional[WorkerLost]:
+    """A multi-worker run's collective failure on a lost peer as a WorkerLost
+    naming the peer (where TensorFlow names it) and the checkpoint a restart
+    of every worker resumes from; None for any other error."""
+    resolver = getattr(plan.strategy, "cluster_resolver", None)
+    if (not isinstance(plan.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            or resolver is None or not _PEER_LOST.search(error.message)):
+        return None
+    own = (resolver.task_type, resolver.task_id)
+    lost = sorted({f"{job} {task}" for job, task in _TASK.findall(error.message)
+                   if (job, int(task)) != own})
+    latest = tf.train.latest_checkpoint(plan.model_dir)
+    said = next(line.strip() for line in error.message.splitlines()
+                if _PEER_LOST.search(line))
+    return WorkerLost(
+        f"lost {' and '.join(lost) if lost else 'a peer worker'} (TensorFlow: {said}); "
+        + (f"the last checkpoint is {latest}" if latest else "no checkpoint yet")
+        + ": restart every worker with the same command to resume from it")
 
 
 def _image_summaries(summary_dir: str, plan: RunPlan, count: int = 4) -> None:

@@ -85,7 +85,7 @@ class SimCLRTrainer(orbit.StandardTrainer):
         self.verbose = verbose
         # Host-side accumulators, updated with already-reduced values in
         # cross-replica context (so created outside the strategy scope): one
-        # per metric the task reports, and any other the step returns.
+        # per metric the task lists.
         self.metrics = {name: tf_keras.metrics.Mean(name)
                         for name in learner.task.all_metric_names()}
         self._loop_start = None
@@ -116,8 +116,10 @@ class SimCLRTrainer(orbit.StandardTrainer):
     def train_step(self, iterator):
         metrics = self.learner.distributed_step(self.strategy, next(iterator))
         for name, value in metrics.items():
-            if name not in self.metrics:
-                self.metrics[name] = tf_keras.metrics.Mean(name)
+            if name not in self.metrics:  # a bug, not a silent drop
+                raise KeyError(f"the step returned metric {name!r}, which task "
+                               f"{self.learner.mode!r} does not list: add it to its "
+                               "metric_names")
             self.metrics[name].update_state(value)
 
     def _watch_collapse(self, results, step: int) -> None:
