@@ -1,18 +1,25 @@
 """Semi-supervised benchmark on the built-in mnist5k (4000 train / 1000 test).
 
-    python bench/semisupervised.py [--workdir runs/bench_semisup] [--seeds 0 1 2] [--jobs 2]
+    python bench/semisupervised.py [--workdir runs/bench_semisup] [--pretrain_seeds 0 1]
+        [--seeds 0 1 2 3 4] [--jobs 2]
     python bench/semisupervised.py --part ablations [--seeds 0 1]
     python bench/semisupervised.py --part variants [--pretrain_dir DIR]
 
 Label fractions 1% (40 images), 10% (400) and 100% (4000), drawn by the
 library's stratified subset code with data seed = seed; test on all 1000.
+With 40 labelled images the subset drawn moves the result by points, so each
+SimCLRv2 cell is measured over pretraining seeds x label subsets (2 x 5 by
+default; a stage's training seed is its subset's seed) and the baselines over
+the same subsets; each cell is reported with its 95% interval and the shares
+of its variance from the pretraining and from the subset (intervals.py), and
+paired differences on the same subsets (semisup_report.py).
 Main table (`--part main`), every network stage run by the library's own
 modes through the flagfiles in flags/:
 - floor 1: logistic regression on raw pixels (scikit-learn);
 - floor 2: the same backbone trained from scratch on the labelled subset only
   (--train_mode=finetune --from_scratch);
-- SimCLRv2: one pretraining on all 4000 training images without labels
-  (flags/mnist5k_pretrain.cfg), then linear eval on frozen features
+- SimCLRv2: pretrainings on all 4000 training images without labels
+  (flags/mnist5k_pretrain.cfg, one per pretraining seed), then linear eval on frozen features
   (flags/mnist5k_linear_eval.cfg), fine-tuning from projection-head layer 1
   (flags/mnist5k_finetune_{1,10}pct.cfg), and distillation of each fine-tuned
   network into a half-width student on all 4000 images without labels.
@@ -30,7 +37,8 @@ the labelled images or over all training images), paired by seed.
 `--jobs 2` runs the main table's stages in two worker processes of one
 thread each: one stage keeps only about 1.6 of 2 cores busy. Measured with
 `--jobs 2` on a 2-core AMD EPYC: the 3-seed main table in 43 min, its stages
-in 28 min (RESULTS.md). Results are the same up to CPU arithmetic order.
+in 28 min (RESULTS.md has the 2 x 5 table's). Results are the same up to CPU
+arithmetic order.
 Writes <workdir>/report_<part>.json (and prints it) and <workdir>/*.png
 plots; finished stages are reused, so an interrupted run resumes. `--quick` runs a
 few steps per stage: it checks the script, not the numbers.
@@ -50,6 +58,7 @@ import numpy as np  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
 from distill import stage  # noqa: E402
+from semisup_report import markdown, paired, plot, summarise, targets  # noqa: E402
 
 FRACTIONS = (0.01, 0.1, 1.0)
 # Per label fraction: batch size and epochs of every supervised stage, so that
@@ -99,9 +108,10 @@ def logistic_regression_pixels(fraction, seed):
     return {"top1": float(top1), "seconds": time.time() - start, "examples": len(keep)}
 
 
-def _pretraining(workdir, pretrain_dir, quick):
-    """(directory, record) of the shared pretraining: `pretrain_dir` reused
-    when given, else a mnist5k_pretrain.cfg run in workdir/pretrain."""
+def _pretraining(workdir, pretrain_dir, quick, seed=None):
+    """(directory, record) of a pretraining: `pretrain_dir` reused when
+    given, else a mnist5k_pretrain.cfg run in workdir/pretrain (seed None: the
+    flagfile's seed) or workdir/pretrain_seed<seed>."""
     if pretrain_dir:
         # The reused run's own record (time, images/s) when the benchmark made it.
         done = os.path.join(pretrain_dir, "bench_done.json")
@@ -110,53 +120,67 @@ def _pretraining(workdir, pretrain_dir, quick):
             with open(done) as f:
                 record = json.load(f)
         return pretrain_dir, {**record, "reused": pretrain_dir}
-    pretrain_dir = os.path.join(workdir, "pretrain")
+    name, seeds = ("pretrain", []) if seed is None else (f"pretrain_seed{seed}",
+                                                         SEEDS_ARGS(seed))
+    pretrain_dir = os.path.join(workdir, name)
     return pretrain_dir, stage("mnist5k_pretrain.cfg", pretrain_dir,
-                               ["--export_at_end=false"], quick)
+                               ["--export_at_end=false", *seeds], quick)
 
 
-def main_tasks(seeds, distill_fractions=(0.01, 0.1)):
-    """The main table's network stages as independent tasks (seed, fraction,
-    kind): 'scratch', 'linear_eval', and 'finetune' (followed by the
-    distillation of that network when the fraction is in
-    `distill_fractions`), in table order."""
-    tasks = []
-    for seed in seeds:
-        for fraction in FRACTIONS:
-            tasks += [(seed, fraction, "scratch"), (seed, fraction, "linear_eval")]
-            if fraction != 1.0:
-                tasks.append((seed, fraction, "finetune"))
-    return [(seed, fraction, kind, fraction in distill_fractions)
-            for seed, fraction, kind in tasks]
+def main_tasks(pretrainings, seeds, distill_fractions=(0.01, 0.1)):
+    """The main table's network stages as independent tasks (pretraining,
+    seed, fraction, kind, distill): the baseline 'scratch' per label subset
+    (pretraining None), then per pretraining and subset 'linear_eval' and
+    'finetune' (followed by the distillation of that network when the
+    fraction is in `distill_fractions`). A subset's seed is also its
+    fine-tuning seed."""
+    tasks = [(None, seed, fraction, "scratch") for seed in seeds for fraction in FRACTIONS]
+    for pretraining in pretrainings:
+        for seed in seeds:
+            for fraction in FRACTIONS:
+                tasks.append((pretraining, seed, fraction, "linear_eval"))
+                if fraction != 1.0:
+                    tasks.append((pretraining, seed, fraction, "finetune"))
+    return [(*task, task[2] in distill_fractions and task[3] == "finetune")
+            for task in tasks]
 
 
-def run_task(task, workdir, pretrain_dir, quick):
-    """Runs one main_tasks task; returns [(method, fraction, record)]."""
-    seed, fraction, kind, distill = task
-    run_dir = lambda name: os.path.join(  # noqa: E731
-        workdir, f"seed{seed}", f"{name}_{_pct(fraction)}")
+def _stage_dir(workdir, pretraining, seed, name, fraction):
+    """Baselines in <workdir>/seed<s>/, SimCLRv2 stages in
+    <workdir>/pretrain<p>_seed<s>/."""
+    prefix = "" if pretraining is None else f"pretrain{pretraining}_"
+    return os.path.join(workdir, f"{prefix}seed{seed}", f"{name}_{_pct(fraction)}")
+
+
+def run_task(task, workdir, pretrain_dirs, quick):
+    """Runs one main_tasks task; returns [(method, fraction, record)], each
+    record also naming its pretraining and label subset."""
+    pretraining, seed, fraction, kind, distill = task
+    run_dir = lambda name: _stage_dir(workdir, pretraining, seed, name, fraction)  # noqa
+    mark = lambda record: {**record, "pretraining": pretraining, "subset": seed}  # noqa
     if kind == "scratch":
-        return [("scratch", fraction, stage(
+        return [("scratch", fraction, mark(stage(
             "mnist5k_finetune_10pct.cfg", run_dir("scratch"),
             [*supervised_args(fraction, seed), "--train_mode=finetune", "--from_scratch",
              "--proj_head_mode=none", "--ft_proj_selector=0", "--noexport_at_end"],
-            quick, verbose=False))]
+            quick, verbose=False)))]
+    pretrain_dir = pretrain_dirs[pretraining]
     if kind == "linear_eval":
-        return [("simclrv2_linear_eval", fraction, stage(
+        return [("simclrv2_linear_eval", fraction, mark(stage(
             "mnist5k_linear_eval.cfg", run_dir("linear_eval"),
             [*supervised_args(fraction, seed, epochs=False),
              f"--checkpoint={pretrain_dir}", "--noexport_at_end"],
-            quick, verbose=False))]
+            quick, verbose=False)))]
     teacher_dir = run_dir("finetune")
-    out = [("simclrv2_finetune", fraction, stage(
+    out = [("simclrv2_finetune", fraction, mark(stage(
         f"mnist5k_finetune_{_pct(fraction)}.cfg", teacher_dir,
         [*supervised_args(fraction, seed), f"--checkpoint={pretrain_dir}",
-         "--noexport_at_end"], quick, verbose=False))]
+         "--noexport_at_end"], quick, verbose=False)))]
     if distill:
-        out.append(("simclrv2_distill", fraction, stage(
+        out.append(("simclrv2_distill", fraction, mark(stage(
             "mnist5k_distill.cfg", run_dir("distill"),
             [f"--teacher={teacher_dir}", *SEEDS_ARGS(seed), "--train_steps=625",
-             "--bn_recompute", "--noexport_at_end"], quick, verbose=False)))
+             "--bn_recompute", "--noexport_at_end"], quick, verbose=False))))
     return out
 
 
@@ -168,32 +192,40 @@ def _worker_threads(threads):
     absl_logging.set_verbosity(absl_logging.WARNING)
 
 
-def run_tasks(tasks, workdir, pretrain_dir, quick, jobs=1, task_fn=None):
+def run_tasks(tasks, workdir, pretrain_dirs, quick, jobs=1, task_fn=None):
     """Every task's records (`task_fn`, run_task by default), in task order.
     jobs > 1 runs that many worker processes, each with cores / jobs threads:
     the small networks here keep two threads only partly busy, so two
     single-thread stages side by side finish sooner than one after the other."""
     task_fn = task_fn or run_task
     if jobs <= 1:
-        return [task_fn(task, workdir, pretrain_dir, quick) for task in tasks]
+        return [task_fn(task, workdir, pretrain_dirs, quick) for task in tasks]
     import concurrent.futures
     import multiprocessing
     threads = max(1, (os.cpu_count() or 1) // jobs)
     # Longest first: fine-tuning + distillation chains, then scratch at 100%.
     order = sorted(range(len(tasks)), key=lambda i: (
-        tasks[i][2] != "finetune", -tasks[i][1], i))
+        tasks[i][3] != "finetune", -tasks[i][2], i))
     with concurrent.futures.ProcessPoolExecutor(
             jobs, mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_threads, initargs=(threads,)) as pool:
-        futures = {i: pool.submit(task_fn, tasks[i], workdir, pretrain_dir, quick)
+        futures = {i: pool.submit(task_fn, tasks[i], workdir, pretrain_dirs, quick)
                    for i in order}
         return [futures[i].result() for i in range(len(tasks))]
 
 
-def main_part(workdir, seeds, quick, pretrain_dir=None, distill_fractions=(0.01, 0.1),
-              jobs=1):
-    pretrain_dir, pretrain = _pretraining(workdir, pretrain_dir, quick)
-    results = {}  # method -> fraction -> [record per seed]
+def main_part(workdir, seeds, quick, pretrain_dirs=(), pretrain_seeds=(0, 1),
+              distill_fractions=(0.01, 0.1), jobs=1):
+    """Every pretraining (`pretrain_dirs` reused, else one per pretraining
+    seed), then every main_tasks stage; results: method -> fraction ->
+    [record per pretraining and subset]."""
+    pretrain = {}
+    directories = {}
+    for key, given in (enumerate(pretrain_dirs) if pretrain_dirs
+                       else ((seed, None) for seed in pretrain_seeds)):
+        directories[key], pretrain[key] = _pretraining(
+            workdir, given, quick, seed=None if given else key)
+    results = {}
 
     def add(method, fraction, record):
         results.setdefault(method, {}).setdefault(_pct(fraction), []).append(record)
@@ -201,14 +233,15 @@ def main_part(workdir, seeds, quick, pretrain_dir=None, distill_fractions=(0.01,
     for seed in seeds:
         for fraction in FRACTIONS:
             add("logistic_regression_pixels", fraction,
-                logistic_regression_pixels(fraction, seed))
+                {**logistic_regression_pixels(fraction, seed), "pretraining": None,
+                 "subset": seed})
     stage_start = time.time()
-    tasks = main_tasks(seeds, distill_fractions)
-    for records in run_tasks(tasks, workdir, pretrain_dir, quick, jobs):
+    tasks = main_tasks(list(directories), seeds, distill_fractions)
+    for records in run_tasks(tasks, workdir, directories, quick, jobs):
         for method, fraction, record in records:
             add(method, fraction, record)
-    return {"pretrain": pretrain, "results": results, "jobs": jobs,
-            "stage_seconds": time.time() - stage_start}
+    return {"pretrain": {str(k): v for k, v in pretrain.items()}, "results": results,
+            "jobs": jobs, "stage_seconds": time.time() - stage_start}
 
 
 # Ablations: (name, control arm, variant arm); an arm is (pretraining flags,
@@ -303,61 +336,18 @@ def variants_part(workdir, seeds, quick, pretrain_dir, fraction=0.01):
     return {"pretrain": pretrain, "fraction": fraction, "rows": rows}
 
 
-def summarise(results):
-    table = {}
-    for method, by_fraction in results.items():
-        table[method] = {}
-        for fraction, records in by_fraction.items():
-            values = np.array([r["top1"] for r in records]) * 100
-            table[method][fraction] = {"mean": float(values.mean()),
-                                       "std": float(values.std()),
-                                       "values": values.round(2).tolist()}
-    return table
-
-
-def targets(table, pretrain):
-    get = lambda m, f: table.get(m, {}).get(f, {}).get("mean", float("nan"))  # noqa
-    return {
-        "finetune_1pct_ge_88": get("simclrv2_finetune", "1pct") >= 88,
-        "finetune_1pct_minus_scratch_ge_15":
-            get("simclrv2_finetune", "1pct") - get("scratch", "1pct") >= 15,
-        "finetune_10pct_ge_97.5": get("simclrv2_finetune", "10pct") >= 97.5,
-        "linear_eval_100pct_ge_98": get("simclrv2_linear_eval", "100pct") >= 98,
-        "pretrain_le_30min": pretrain.get("seconds", float("nan")) <= 1800,
-    }
-
-
-def plot(table, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for method, by_fraction in table.items():
-        keys = [f for f in ("1pct", "10pct", "100pct") if f in by_fraction]
-        x = [float(k[:-3]) for k in keys]
-        axis.errorbar(x, [by_fraction[k]["mean"] for k in keys],
-                      yerr=[by_fraction[k]["std"] for k in keys], marker="o",
-                      capsize=3, label=method)
-    axis.set_xscale("log")
-    axis.set_xticks([1, 10, 100], ["1%", "10%", "100%"])
-    axis.set_xlabel("labelled training images (of 4000)")
-    axis.set_ylabel("test top-1 (%), mean ± std over seeds")
-    axis.set_title("mnist5k: accuracy against label fraction")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "bench_semisup"))
     parser.add_argument("--part", choices=["main", "ablations", "variants"], default="main")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--pretrain_dir", default=None,
-                        help="main and variants parts: an existing "
-                        "mnist5k_pretrain.cfg run to reuse")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="label subsets (each also its stages' training seed)")
+    parser.add_argument("--pretrain_seeds", type=int, nargs="+", default=[0, 1],
+                        help="main part: one pretraining per seed, crossed with the "
+                        "label subsets")
+    parser.add_argument("--pretrain_dir", nargs="+", default=None,
+                        help="existing mnist5k_pretrain.cfg runs to reuse (main part: "
+                        "in place of --pretrain_seeds; variants part: the first)")
     parser.add_argument("--distill_fractions", type=float, nargs="*", default=[0.01, 0.1])
     parser.add_argument("--ablations", nargs="*", default=None,
                         help="ablations part: only the rows whose names start with "
@@ -376,16 +366,20 @@ def main(argv=None):
               "machine": {"platform": platform.platform(),
                           "processor": platform.processor(), "cpus": os.cpu_count()}}
     if args.part == "main":
-        report.update(main_part(args.workdir, args.seeds, args.quick, args.pretrain_dir,
+        report.update(main_part(args.workdir, args.seeds, args.quick,
+                                args.pretrain_dir or (), args.pretrain_seeds,
                                 tuple(args.distill_fractions), args.jobs))
         report["summary"] = summarise(report["results"])
+        report["paired"] = paired(report["results"])
         report["targets"] = targets(report["summary"], report["pretrain"])
+        report["markdown"] = markdown(report["summary"], report["paired"])
         plot(report["summary"], os.path.join(args.workdir, "semisupervised_mnist5k.png"))
     elif args.part == "ablations":
         report.update(ablation_part(args.workdir, args.seeds, args.quick,
                                     only=args.ablations))
     else:
-        report.update(variants_part(args.workdir, args.seeds, args.quick, args.pretrain_dir))
+        report.update(variants_part(args.workdir, args.seeds, args.quick,
+                                    (args.pretrain_dir or [None])[0]))
     report["total_seconds"] = time.time() - start
     print(json.dumps(report, indent=2))
     with open(os.path.join(args.workdir, f"report_{args.part}.json"), "w") as f:

@@ -39,7 +39,8 @@ class FakeRun:
                 "export": None, "monitor": None}
 
 
-def fake_task(task, workdir, pretrain_dir, quick):
+def fake_task(task, workdir, pretrain_dirs, quick):
     """semisupervised.run_task's shape: [(method, fraction, record)]."""
-    seed, fraction, kind, _ = task
-    return [(kind, fraction, {"top1": fake_top1(f"{seed}{fraction}{kind}"), "pid": os.getpid()})]
+    pretraining, seed, fraction, kind, _ = task
+    return [(kind, fraction, {"top1": fake_top1(f"{pretraining}{seed}{fraction}{kind}"),
+                              "pid": os.getpid()})]

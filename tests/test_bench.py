@@ -40,52 +40,74 @@ def _quiet_main(module, argv, capsys):
     return report
 
 
-def test_main_table_runs_every_stage_with_its_recipe_pairs_seeds_and_resumes(
+def test_main_table_crosses_pretrainings_with_subsets_runs_each_recipe_and_resumes(
         fake_run, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # The pixel floor is fitted for real on seed 0 (about 10 s); seed 1's is a stand-in.
     real_floor = semisupervised.logistic_regression_pixels
     monkeypatch.setattr(semisupervised, "logistic_regression_pixels", lambda f, seed: (
         real_floor(f, seed) if seed == 0 else {"top1": 0.5, "seconds": 0.0, "examples": 0}))
-    report = _quiet_main(semisupervised, ["--workdir", "w", "--seeds", "0", "1"], capsys)
+    argv = ["--workdir", "w", "--pretrain_seeds", "3", "4", "--seeds", "0", "1"]
+    report = _quiet_main(semisupervised, argv, capsys)
     assert report["benchmark"] == "semisupervised_mnist5k_main" and not report["quick"]
     assert report["jobs"] == 1 and report["stage_seconds"] > 0
     runs = _by_dir(fake_run)
-    assert len(runs) == 1 + 2 * 10  # one pretraining, 10 network stages per seed
-    pretrain, _ = runs[os.path.join("w", "pretrain")]
-    assert pretrain.train.train_epochs == 75 and pretrain.memory.queue_size == 0
+    # two pretrainings; per subset 3 scratch; per pretraining and subset 3 linear
+    # evals, 2 fine-tunings and 2 distillations
+    assert len(runs) == 2 + 2 * 3 + 2 * 2 * 7
+    for p in (3, 4):
+        pretrain, _ = runs[os.path.join("w", f"pretrain_seed{p}")]
+        assert pretrain.train.train_epochs == 75 and pretrain.memory.queue_size == 0
+        assert pretrain.train.seed == pretrain.data.seed == p
     for seed in (0, 1):
         for fraction, pct in ((0.01, "1pct"), (0.1, "10pct"), (1.0, "100pct")):
             scratch, scratch_run = runs[os.path.join("w", f"seed{seed}", f"scratch_{pct}")]
             assert scratch_run.from_scratch and scratch.model.proj_head_mode == "none"
-            linear, linear_run = runs[os.path.join("w", f"seed{seed}", f"linear_eval_{pct}")]
-            assert linear_run.training_mode == "linear_eval"
-            assert linear_run.checkpoint == os.path.join("w", "pretrain")
-            assert linear.train.linear_eval_cache_features
-            assert linear.train.train_epochs == 300  # the flagfile's, at every fraction
-            for config in (scratch, linear):
-                assert config.data.label_fraction == fraction
-                assert config.train.seed == config.data.seed == seed
-                assert config.train.bn_recompute and config.train.bn_recompute_images == "all"
-            if fraction < 1:
-                ft, ft_run = runs[os.path.join("w", f"seed{seed}", f"finetune_{pct}")]
-                assert ft.model.ft_proj_selector == 1 and ft.data.crop_area_min == 0.5
-                assert ft_run.checkpoint == os.path.join("w", "pretrain")
-                assert ft.train.train_batch_size == semisupervised.SCHEDULE[fraction][0]
-                _, distill_run = runs[os.path.join("w", f"seed{seed}", f"distill_{pct}")]
-                assert distill_run.teacher == os.path.join("w", f"seed{seed}",
-                                                           f"finetune_{pct}")
+            for p in (3, 4):
+                cell = os.path.join("w", f"pretrain{p}_seed{seed}")
+                linear, linear_run = runs[os.path.join(cell, f"linear_eval_{pct}")]
+                assert linear_run.training_mode == "linear_eval"
+                assert linear_run.checkpoint == os.path.join("w", f"pretrain_seed{p}")
+                assert linear.train.linear_eval_cache_features
+                assert linear.train.train_epochs == 300  # the flagfile's, at every fraction
+                for config in (scratch, linear):
+                    assert config.data.label_fraction == fraction
+                    assert config.train.seed == config.data.seed == seed
+                    assert config.train.bn_recompute
+                    assert config.train.bn_recompute_images == "all"
+                if fraction < 1:
+                    ft, ft_run = runs[os.path.join(cell, f"finetune_{pct}")]
+                    assert ft.model.ft_proj_selector == 1 and ft.data.crop_area_min == 0.5
+                    assert ft_run.checkpoint == os.path.join("w", f"pretrain_seed{p}")
+                    assert ft.train.train_batch_size == semisupervised.SCHEDULE[fraction][0]
+                    assert ft.train.seed == ft.data.seed == seed
+                    _, distill_run = runs[os.path.join(cell, f"distill_{pct}")]
+                    assert distill_run.teacher == os.path.join(cell, f"finetune_{pct}")
     results, summary = report["results"], report["summary"]
+    names = {"simclrv2_linear_eval": "linear_eval", "simclrv2_finetune": "finetune",
+             "simclrv2_distill": "distill", "scratch": "scratch"}
     for method, fractions in (("scratch", 3), ("simclrv2_linear_eval", 3),
                               ("simclrv2_finetune", 2), ("simclrv2_distill", 2)):
         assert len(summary[method]) == fractions
+        pretrainings = [None] if method == "scratch" else [3, 4]
         for pct, records in results[method].items():
-            name = {"simclrv2_linear_eval": "linear_eval", "simclrv2_finetune": "finetune",
-                    "simclrv2_distill": "distill"}.get(method, method)
-            expected = [fake_top1(os.path.join("w", f"seed{s}", f"{name}_{pct}"))
-                        for s in (0, 1)]  # seed order
-            assert [r["top1"] for r in records] == expected
-            assert summary[method][pct]["mean"] == pytest.approx(100 * np.mean(expected))
+            expected = np.array([[100 * fake_top1(os.path.join(
+                "w", ("" if p is None else f"pretrain{p}_") + f"seed{s}",
+                f"{names[method]}_{pct}")) for s in (0, 1)] for p in pretrainings])
+            assert sorted((r["pretraining"], r["subset"]) for r in records) == [
+                (p, s) for p in pretrainings for s in (0, 1)]
+            cell = summary[method][pct]
+            assert cell["values"] == expected.round(2).tolist()
+            assert cell["mean"] == pytest.approx(expected.mean())
+            assert cell["pretrainings"] == len(pretrainings) and cell["subsets"] == 2
+            lo, hi = cell["interval"]
+            assert lo < cell["mean"] < hi
+    # Paired on the same subsets: the teacher's cell subtracted from its student's.
+    diff = report["paired"]["distilled student minus its fine-tuned teacher"]["10pct"]
+    assert diff["mean"] == pytest.approx(summary["simclrv2_distill"]["10pct"]["mean"]
+                                         - summary["simclrv2_finetune"]["10pct"]["mean"])
+    scratch_diff = report["paired"]["fine-tuned minus the same backbone from scratch"]
+    assert scratch_diff["1pct"]["pretrainings"] == 2  # the baseline under each pretraining
     # The pixel floor is real (scikit-learn on the real subsets) and learns.
     assert set(summary["logistic_regression_pixels"]) == {"1pct", "10pct", "100pct"}
     floors = results["logistic_regression_pixels"]
@@ -94,34 +116,36 @@ def test_main_table_runs_every_stage_with_its_recipe_pairs_seeds_and_resumes(
     assert set(report["targets"]) == {
         "finetune_1pct_ge_88", "finetune_1pct_minus_scratch_ge_15",
         "finetune_10pct_ge_97.5", "linear_eval_100pct_ge_98", "pretrain_le_30min"}
+    assert "| SimCLRv2 fine-tuned from head layer 1 |" in report["markdown"]
     assert os.path.getsize(os.path.join("w", "semisupervised_mnist5k.png")) > 10000
     assert json.load(open(os.path.join("w", "report_main.json")))["results"] == results
     # A rerun reuses every finished stage: nothing trains, same records.
     calls = len(fake_run.calls)
-    again = _quiet_main(semisupervised, ["--workdir", "w", "--seeds", "0", "1"], capsys)
+    again = _quiet_main(semisupervised, argv, capsys)
     assert len(fake_run.calls) == calls
     assert {m: r for m, r in again["results"].items() if m != "logistic_regression_pixels"} \
         == {m: r for m, r in results.items() if m != "logistic_regression_pixels"}
 
 
-def test_main_table_tasks_cover_every_stage_once_in_table_order():
-    tasks = semisupervised.main_tasks([0, 1], distill_fractions=(0.1,))
-    assert len(tasks) == len(set(tasks)) == 2 * 8
-    assert tasks[:8] == [(0, 0.01, "scratch", False), (0, 0.01, "linear_eval", False),
-                         (0, 0.01, "finetune", False), (0, 0.1, "scratch", True),
-                         (0, 0.1, "linear_eval", True), (0, 0.1, "finetune", True),
-                         (0, 1.0, "scratch", False), (0, 1.0, "linear_eval", False)]
-    assert [t[0] for t in tasks] == [0] * 8 + [1] * 8
+def test_main_table_tasks_cover_every_stage_once():
+    tasks = semisupervised.main_tasks([7, 8], [0, 1], distill_fractions=(0.1,))
+    assert len(tasks) == len(set(tasks)) == 2 * 3 + 2 * 2 * 5
+    assert tasks[:3] == [(None, 0, 0.01, "scratch", False), (None, 0, 0.1, "scratch", False),
+                         (None, 0, 1.0, "scratch", False)]
+    cell = [t for t in tasks if t[:2] == (8, 1)]
+    assert cell == [(8, 1, 0.01, "linear_eval", False), (8, 1, 0.01, "finetune", False),
+                    (8, 1, 0.1, "linear_eval", False), (8, 1, 0.1, "finetune", True),
+                    (8, 1, 1.0, "linear_eval", False)]
 
 
 @pytest.mark.slow
 def test_worker_processes_return_records_in_task_order(tmp_path):
-    tasks = semisupervised.main_tasks([0])
-    records = semisupervised.run_tasks(tasks, str(tmp_path), "pre", False, jobs=2,
+    tasks = semisupervised.main_tasks([0], [0])
+    records = semisupervised.run_tasks(tasks, str(tmp_path), {0: "pre"}, False, jobs=2,
                                        task_fn=fake_task)
-    assert [r[0][:2] for r in records] == [(kind, fraction) for _, fraction, kind, _ in tasks]
+    assert [r[0][:2] for r in records] == [(kind, fraction) for _, _, fraction, kind, _ in tasks]
     assert [r[0][2]["top1"] for r in records] == [
-        fake_top1(f"0{fraction}{kind}") for _, fraction, kind, _ in tasks]
+        fake_top1(f"{p}{s}{fraction}{kind}") for p, s, fraction, kind, _ in tasks]
     assert os.getpid() not in {r[0][2]["pid"] for r in records}  # in worker processes
 
 
@@ -182,7 +206,9 @@ def test_reused_pretraining_reports_the_reused_runs_record(tmp_path):
     directory, record = semisupervised._pretraining(str(tmp_path), str(run), quick=False)
     assert directory == str(run)
     assert record == {"seconds": 1186.5, "steps": 2344, "reused": str(run)}
-    assert semisupervised.targets({}, record)["pretrain_le_30min"]
+    assert semisupervised.targets({}, {0: record})["pretrain_le_30min"]
+    assert not semisupervised.targets({}, {0: record, 1: {"seconds": 1801}})[
+        "pretrain_le_30min"]  # every pretraining within 30 minutes
 
 
 def test_distill_benchmark_runs_teacher_student_and_baseline_per_seed(fake_run, tmp_path,
