@@ -41,6 +41,13 @@ class ExportError(SimCLRError, RuntimeError):
     """The export cannot be written; the message says why and what to do."""
 
 
+class ExportInterrupted(ExportError):
+    """SIGTERM arrived during an export: the export directory holds the
+    previous exports and, if the new one was being moved into place, the new
+    one complete; never a half-written one. Rerun the same command."""
+    exit_code = 75  # PREEMPTED_EXIT_CODE: try again
+
+
 class OfficialImportError(SimCLRError, RuntimeError):
     """An official SavedModel does not fit the model; the message lists what differs."""
 

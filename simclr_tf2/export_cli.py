@@ -40,7 +40,8 @@ def define_flags(flag_values=flags.FLAGS) -> None:
 
 def run_command(flag_values) -> int:
     """Exports what parsed `flag_values` ask for; returns the exit status (2
-    with one `error:` line for a problem the library names; any other
+    with one `error:` line for a problem the library names, 75 for a SIGTERM
+    during the export, which leaves no partial export; any other
     exception propagates with its traceback)."""
     try:
         if not flag_values.model_dir:
@@ -51,7 +52,7 @@ def run_command(flag_values) -> int:
             official_call_convention=flag_values.official_call_convention)
     except SimCLRError as error:
         print(f"simclr_tf2.export: error: {error}", file=sys.stderr, flush=True)
-        return 2
+        return error.exit_code  # 2, or 75 when SIGTERM interrupted the export
     print(f"exported hub modules to {path}", flush=True)
     return 0
 

@@ -198,10 +198,67 @@ def test_keep_hub_module_max_prunes_and_same_step_replaces(tmp_path):
     assert exported_steps(root) == [2, 3]
     # A fine-tuning model (selector 0) keeps no projection layer: head_0 only.
     assert os.listdir(os.path.join(root, "3")) == ["head_0"]
-    stamp = os.path.getmtime(os.path.join(root, "3", "head_0", "saved_model.pb"))
+    # Same step again after a weight changed: the export is replaced, contents too.
+    kernel = model.backbone.trainable_variables[0]
+    before = kernel.numpy()
+    kernel.assign_add(tf.ones_like(kernel))
     export_hub_modules(model, root, config=config, step=3, keep_hub_module_max=2)
-    assert os.path.getmtime(os.path.join(root, "3", "head_0", "saved_model.pb")) >= stamp
     assert sorted(os.listdir(root)) == ["2", "3"]
+    assert _exported_kernel(root, 3, kernel) == pytest.approx(before + 1)
+    assert _exported_kernel(root, 2, kernel) == pytest.approx(before)
+
+
+def _exported_kernel(root, step, kernel):
+    """The exported head_0's copy of the live variable `kernel`."""
+    module = tf.saved_model.load(os.path.join(root, str(step), "head_0"))
+    (value,) = [v.numpy() for v in module.variables if v.name == kernel.name]
+    return value
+
+
+def _sigterm_on_call(monkeypatch, owner, name, call):
+    """Makes the `call`-th call of owner.name first send this process SIGTERM."""
+    import signal
+    real, calls = getattr(owner, name), []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+def test_sigterm_during_an_export_leaves_a_whole_export_in_place(tmp_path, monkeypatch):
+    """SIGTERM while the modules are written: ExportInterrupted (exit 75), the
+    previous export of that step untouched and the partial copy removed.
+    SIGTERM between the renames that swap the finished copy in: held until
+    the swap is done, then raised; the new export is in place, whole."""
+    import signal
+    from simclr_tf2.errors import ExportInterrupted
+    config = _config(**{"model.num_proj_layers": 1})  # head_0 and head_1
+    model = SimCLRModel(config.model, "pretrain")
+    model(_images(2))
+    root = str(tmp_path)
+    export_hub_modules(model, root, config=config, step=3)
+    kernel = model.backbone.trainable_variables[0]
+    before = kernel.numpy()
+    kernel.assign_add(tf.ones_like(kernel))
+    handler = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as patch:  # during the second head's SavedModel
+        _sigterm_on_call(patch, tf.saved_model, "save", 2)
+        with pytest.raises(ExportInterrupted, match="previous exports are intact") as stop:
+            export_hub_modules(model, root, config=config, step=3)
+    assert stop.value.exit_code == 75 and signal.getsignal(signal.SIGTERM) is handler
+    assert sorted(os.listdir(root)) == ["3"]  # no partial copy
+    assert sorted(os.listdir(os.path.join(root, "3"))) == ["head_0", "head_1"]
+    assert _exported_kernel(root, 3, kernel) == pytest.approx(before)
+    with monkeypatch.context() as patch:  # after moving the old export aside
+        _sigterm_on_call(patch, tf.io.gfile, "rename", 1)
+        with pytest.raises(ExportInterrupted, match="is complete"):
+            export_hub_modules(model, root, config=config, step=3)
+    assert sorted(os.listdir(root)) == ["3"]
+    assert sorted(os.listdir(os.path.join(root, "3"))) == ["head_0", "head_1"]
+    assert _exported_kernel(root, 3, kernel) == pytest.approx(before + 1)
 
 
 def test_leftovers_of_interrupted_exports_are_cleaned_or_restored(tmp_path):

@@ -256,15 +256,69 @@ def test_the_trainer_warns_once_or_stops_on_collapse(capsys):
     def trainer(stop):
         config = types.SimpleNamespace(monitor=MonitorConfig(stop_on_collapse=stop))
         return types.SimpleNamespace(learner=types.SimpleNamespace(config=config),
-                                     verbose=True, collapse=CollapseWatch(0.25))
+                                     verbose=True, collapse=CollapseWatch(0.25),
+                                     diagnostics=[],
+                                     MEMORY_METRICS=SimCLRTrainer.MEMORY_METRICS)
     warned = trainer(stop=False)
     for step, rank in ((31, 41.5), (62, 11.2), (93, 8.1), (124, 7.0)):
-        SimCLRTrainer._watch_collapse(warned, {"erank_projection": rank}, step)
+        SimCLRTrainer._watch_collapse(warned, {"erank_projection": rank, "cos_queue": 0.5,
+                                               "loss": 3.0}, step)
     SimCLRTrainer._watch_collapse(warned, {"loss": 1.0}, 155)  # no memory: no rank
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: step 93: the projections'")
+    # Each loop's diagnostics are kept for monitor.json (the loss is not one).
+    assert warned.diagnostics[2] == {"step": 93, "erank_projection": 8.1, "cos_queue": 0.5}
+    assert [d["step"] for d in warned.diagnostics] == [31, 62, 93, 124]
     stopping = trainer(stop=True)
     SimCLRTrainer._watch_collapse(stopping, {"erank_projection": 41.5}, 31)
     with pytest.raises(CollapseError, match="step 62: .* Stopped \\(--stop_on_collapse\\); "
                                             "the last checkpoint is kept"):
         SimCLRTrainer._watch_collapse(stopping, {"erank_projection": 9.0}, 62)
+
+
+def test_the_knn_monitor_watches_the_backbone_rank_of_every_run(monkeypatch, capsys):
+    """Runs without the memory have no per-step rank; the kNN monitor's
+    backbone rank (over the bank) is watched in every pretraining it reports
+    on, with the same threshold; --stop_on_collapse stops there too."""
+    import types
+    from simclr_tf2.errors import CollapseError
+    from simclr_tf2.monitors import knn_monitor
+    from simclr_tf2.monitors.representation import CollapseWatch
+    ranks = iter([30.0, 33.0, 12.0, 8.0, 7.0])
+    monkeypatch.setattr(knn_monitor, "report_of", lambda *args: {
+        "knn_top1_final_avg_pool": 0.5, "erank_final_avg_pool": next(ranks)})
+
+    def monitor(stop):
+        return types.SimpleNamespace(
+            bank=None, queries=None, k=5, temperature=0.1, seconds=0.0, history=[],
+            verbose=True, step=tf.Variable(0, dtype=tf.int64), stop_on_collapse=stop,
+            collapse=CollapseWatch(0.25, name="the backbone's effective rank (kNN monitor)"))
+    watched = monitor(stop=False)
+    for step in (10, 20, 30, 40):
+        watched.step.assign(step)
+        knn_monitor.KnnMonitor.evaluate(watched, None)
+    warnings = [line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("warning:")]
+    assert warnings == [
+        warnings[0]] and warnings[0].startswith(
+        "warning: step 40: the backbone's effective rank (kNN monitor) fell to 8, below "
+        "0.25 of its peak 33 at step 20")
+    stopping = monitor(stop=True)
+    stopping.collapse.update(40.0, 5)
+    with pytest.raises(CollapseError, match="step 0: the backbone's .* fell to 7"):
+        knn_monitor.KnnMonitor.evaluate(stopping, None)
+
+
+def test_memory_diagnostics_reach_monitor_json(shared_runs):
+    """The shared pretraining (memory, kNN monitor): each loop's diagnostics
+    in monitor.json, at the loops' steps, the values TensorBoard has."""
+    from conftest import SHARED_PRETRAIN_STEPS
+    from simclr_tf2.tasks.pretrain import MEMORY_METRICS
+    from simclr_tf2.training.summaries import read_scalars
+    record = json.load(open(os.path.join(shared_runs["pretrain"], "monitor.json")))
+    diagnostics = record["memory_diagnostics"]
+    assert [d["step"] for d in diagnostics] == list(range(6, SHARED_PRETRAIN_STEPS + 1, 6))
+    scalars = read_scalars(shared_runs["pretrain"])
+    for name in MEMORY_METRICS:
+        assert [(d["step"], pytest.approx(d[name], rel=1e-5)) for d in diagnostics] == \
+            scalars[name], name

@@ -82,3 +82,42 @@ def test_a_preempted_command_prints_one_line_and_exits_with_its_code(tmp_path, m
     assert out.out.strip().splitlines()[-1] == ("preempted at step 7: checkpoint written, "
                                                 "rerun the same command to resume")
     assert "error" not in out.err
+
+
+def test_sigterm_during_the_batch_norm_recompute_keeps_a_whole_final_checkpoint(
+        tmp_path, monkeypatch):
+    """--bn_recompute rewrites the final checkpoint. SIGTERM while the
+    statistics are recomputed: Preempted, the checkpoint as training left it;
+    the rerun (at the last step) recomputes. SIGTERM once the write has
+    begun: held until the checkpoint is whole, then Preempted."""
+    from simclr_tf2 import signals
+    from simclr_tf2.training import fit
+    model_dir = str(tmp_path / "ft")
+    config = _config().override(**{"train.train_steps": 2, "train.steps_per_loop": 2,
+                                   "train.summary_interval": 2,
+                                   "train.bn_recompute": True,
+                                   "train.bn_recompute_batches": 2})
+    run_config = RunConfig(mode="finetune", model_dir=model_dir, from_scratch=True)
+    recompute = fit.recompute_bn
+
+    def sigterm_then_recompute(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return recompute(*args, **kwargs)
+    with monkeypatch.context() as patch:
+        patch.setattr(fit, "recompute_bn", sigterm_then_recompute)
+        with pytest.raises(Preempted, match="preempted at step 2"):
+            run(config, run_config, verbose=False)
+    key = next(k for k, _ in tf.train.list_variables(model_dir) if "moving_mean" in k)
+    trained = tf.train.load_checkpoint(model_dir).get_tensor(key)
+    hold = signals.Guard.hold
+
+    def hold_then_sigterm(guard):
+        hold(guard)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives during the write
+    with monkeypatch.context() as patch:
+        patch.setattr(signals.Guard, "hold", hold_then_sigterm)
+        with pytest.raises(Preempted, match="preempted at step 2"):
+            run(config, run_config, verbose=False)
+    assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-2")
+    recomputed = tf.train.load_checkpoint(model_dir).get_tensor(key)
+    assert not np.allclose(recomputed, trained)  # the rewritten checkpoint, whole

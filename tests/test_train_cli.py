@@ -336,13 +336,15 @@ def test_two_local_workers_survive_a_lost_worker_and_a_preemption(tmp_path):
     starts of the same command: worker 1 killed (SIGKILL) -> worker 0 exits
     69 within 60 s naming it and the checkpoint to resume from; restarted,
     worker 1 gets SIGTERM -> both write the step they agree on and exit 75;
-    restarted, they resume there and finish with one checkpoint and export."""
+    restarted, they resume there and finish with one checkpoint and export,
+    with the same weights as an uninterrupted run of the same command
+    (--deterministic), which runs beside the last start."""
     model_dir = str(tmp_path / "mw")
     total = 12
     args = ["--preset=tiny", "--mode=pretrain", "--strategy=multi_worker_mirrored",
             f"--train_steps={total}", "--steps_per_loop=2", "--summary_interval=2",
             "--checkpoint_interval=1000", "--train_batch_size=16", "--image_size=16",
-            "--width_multiplier=0.125",
+            "--width_multiplier=0.125", "--deterministic",
             "--augment_on=device"]  # colour and blur in each worker's replica step
     processes, lines, readers = _workers(args, model_dir)
     killed_at = _signal_at(processes, lines, 4, total, 1, signal.SIGKILL)
@@ -363,10 +365,23 @@ def test_two_local_workers_survive_a_lost_worker_and_a_preemption(tmp_path):
     step = int(stops[0][0])
     assert 6 <= step < total and tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{step}")
 
+    reference_dir = str(tmp_path / "uninterrupted")
+    reference, reference_lines, _ = _workers([*args, "--noexport_at_end"], reference_dir)
     processes, lines, readers = _workers(args, model_dir)
     assert [p.wait(timeout=600) for p in processes] == [0, 0], "".join(lines[0])[-3000:]
+    assert [p.wait(timeout=600) for p in reference] == [0, 0], \
+        "".join(reference_lines[0])[-3000:]
     for reader in readers:
         reader.join(10)
+    resumed = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+    uninterrupted = tf.train.load_checkpoint(tf.train.latest_checkpoint(reference_dir))
+    names = [name for name, _ in tf.train.list_variables(reference_dir)  # all but the
+             if name.endswith("VARIABLE_VALUE")  # counts of saves and of starts
+             and not name.startswith(("save_counter", "checkpointed_runs"))]
+    assert len(names) > 50 and any("kernel" in name for name in names)
+    for name in names:  # bit for bit
+        np.testing.assert_array_equal(resumed.get_tensor(name),
+                                      uninterrupted.get_tensor(name), err_msg=name)
     output = "".join(lines[0])
     assert f"resuming from {model_dir}/ckpt-{step} at step {step}" in output
     assert f"on 2 replica(s), steps {step} -> {total}, colour and blur on the device" in output

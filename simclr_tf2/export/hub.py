@@ -16,6 +16,10 @@ head layers 1..k), which is what fine-tuning from layer k trains.
 
 Exports are written atomically: `<export_dir>/<step>/head_<k>` appears
 complete or not at all, and an interrupted export leaves earlier ones intact.
+A SIGTERM (preemption) while the new export is written removes the partial
+copy and raises ExportInterrupted; one that arrives while the finished copy is
+moved into place (on a bucket, a rename copies every file) is held until the
+move is done, then raised.
 """
 import dataclasses
 import datetime
@@ -31,11 +35,13 @@ import tensorflow as tf
 
 from simclr_tf2.backbones import ENDPOINTS
 from simclr_tf2.configs.schema import ExperimentConfig, ModelConfig, check
-from simclr_tf2.errors import ExportError, RunError  # noqa: F401 (ExportError re-exported)
+from simclr_tf2.errors import (ExportError, ExportInterrupted,  # noqa: F401 (re-exported)
+                               RunError)
 from simclr_tf2.export.official import is_savedmodel_dir
 from simclr_tf2.models import SimCLRModel
 from simclr_tf2.models.precision import precision_policy
 from simclr_tf2.rundir import restore_model
+from simclr_tf2.signals import sigterm_guard
 
 log = logging.getLogger("simclr_tf2.export")
 
@@ -257,6 +263,36 @@ def export_hub_modules(model_or_dir: Union[SimCLRModel, str],
     _clean_leftovers(export_dir)
     final = os.path.join(export_dir, str(step))
     tmp = os.path.join(export_dir, f"{_TMP_PREFIX}{step}-{uuid.uuid4().hex[:8]}")
+    state = {"published": False}
+
+    def interrupted():
+        if state["published"]:
+            return ExportInterrupted(f"SIGTERM arrived while the export was moved into "
+                                     f"place; {final} is complete and the command stops here")
+        return ExportInterrupted(
+            f"export to {export_dir!r} interrupted by SIGTERM: its previous exports are "
+            "intact and the partial copy is removed; rerun the same command to export")
+    try:
+        with sigterm_guard(interrupted) as guard:
+            _write_modules(copy, config, tmp, step, official, train_mode)
+            guard.hold()
+            _publish(tmp, final, export_dir, step)
+            state["published"] = True
+            if keep > 0:
+                for old in exported_steps(export_dir)[:-keep]:
+                    tf.io.gfile.rmtree(os.path.join(export_dir, str(old)))
+    except ExportInterrupted:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
+        raise
+    log.info("exported %d hub modules to %s", head_layers_built(copy) + 1, final)
+    return final
+
+
+def _write_modules(copy: SimCLRModel, config: ExperimentConfig, tmp: str, step: int,
+                   official: bool, train_mode: Optional[str]) -> None:
+    """head_0 .. head_N of `copy` with their metadata and README, in `tmp`."""
+    image_size = config.data.image_size
     weight_decay = config.train.weight_decay
     names = output_names(copy)
     probe = copy(tf.zeros([1, image_size, image_size, 3]), training=False)
@@ -284,12 +320,6 @@ def export_hub_modules(model_or_dir: Union[SimCLRModel, str],
             json.dump(metadata, f, indent=2)
         with tf.io.gfile.GFile(os.path.join(path, "README.md"), "w") as f:
             f.write(_module_readme(name, metadata))
-    _publish(tmp, final, export_dir, step)
-    if keep > 0:
-        for old in exported_steps(export_dir)[:-keep]:
-            tf.io.gfile.rmtree(os.path.join(export_dir, str(old)))
-    log.info("exported %d hub modules to %s", head_layers_built(copy) + 1, final)
-    return final
 
 
 def _publish(tmp: str, final: str, export_dir: str, step: int) -> None:

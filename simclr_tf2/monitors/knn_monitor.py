@@ -21,7 +21,8 @@ import tensorflow as tf
 from simclr_tf2.configs.schema import DataConfig
 from simclr_tf2.data import build_from_config, distribute
 from simclr_tf2.data.subsets import row_lookup
-from simclr_tf2.monitors.representation import effective_rank, knn_predict
+from simclr_tf2.monitors.representation import (CollapseWatch, effective_rank, knn_predict,
+                                                sound_alarm)
 
 
 class Embedder:
@@ -161,8 +162,14 @@ class KnnMonitor(orbit.AbstractEvaluator):
                  bank_indices: Optional[np.ndarray] = None,
                  query_indices: Optional[np.ndarray] = None,
                  strategy: Optional[tf.distribute.Strategy] = None,
-                 step: Optional[tf.Variable] = None, verbose: bool = True):
+                 step: Optional[tf.Variable] = None, verbose: bool = True,
+                 collapse_alarm: float = 0.0, stop_on_collapse: bool = False):
         self.model = model
+        # The backbone's rank over the bank, watched like the projections'
+        # (runs with the memory) but in every run the monitor reports on.
+        self.collapse = CollapseWatch(collapse_alarm,
+                                      name="the backbone's effective rank (kNN monitor)")
+        self.stop_on_collapse = stop_on_collapse
         self.k, self.temperature = k, temperature
         # Picked, piped and traced once; each report reads the same examples.
         self.bank = Embedder(model, data_config, bank_source, batch_size,
@@ -192,4 +199,6 @@ class KnnMonitor(orbit.AbstractEvaluator):
             shown = " ".join(f"{k} {v:.4g}" for k, v in result.items())
             print(f"step {step} monitor {shown} (backbone, eval view, {seconds:.1f}s)",
                   flush=True)
+        sound_alarm(self.collapse.update(result["erank"], step), self.stop_on_collapse,
+                    self.verbose)
         return result

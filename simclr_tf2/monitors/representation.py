@@ -5,7 +5,14 @@ rank, and the weighted kNN classifier of self-supervised monitoring (Wu et
 al., 2018, "Unsupervised Feature Learning via Non-Parametric Instance
 Discrimination", section 3.4) is a few lines over a matmul and top_k.
 """
+import logging
+from typing import Optional
+
 import tensorflow as tf
+
+from simclr_tf2.errors import CollapseError
+
+log = logging.getLogger("simclr_tf2.monitors")
 
 
 def effective_rank(features: tf.Tensor) -> tf.Tensor:
@@ -95,3 +102,19 @@ class CollapseWatch:
                 "is collapsing. Usual causes: the memory contrasted with online "
                 "positives (--memory_contrast_keys=online), a queue much larger than the "
                 "batch, too high a learning rate (bench/RESULTS.md, 'Memory')")
+
+
+def sound_alarm(warning: Optional[str], stop: bool, verbose: bool) -> None:
+    """A CollapseWatch warning: CollapseError when `stop` (stop_on_collapse;
+    the last checkpoint is kept), else one warning line (console when
+    verbose, the log otherwise)."""
+    if warning is None:
+        return
+    if stop:
+        raise CollapseError(f"{warning}. Stopped (--stop_on_collapse); the last "
+                            "checkpoint is kept")
+    if verbose:
+        log.info(warning)
+        print(f"warning: {warning}", flush=True)
+    else:
+        log.warning(warning)

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from simclr_tf2.configs.schema import ExperimentConfig
 from simclr_tf2.data import build_from_config, distribute, feature_dataset, skips
-from simclr_tf2.errors import WorkerLost
+from simclr_tf2.errors import Preempted, WorkerLost
 from simclr_tf2.monitors.knn_monitor import KnnMonitor, monitor_subset
 from simclr_tf2.rundir import (MONITOR_FILE, MONITOR_SUMMARIES, TEACHER_LOGITS,
                                TRAIN_SUMMARIES, path, write_json)
@@ -23,6 +23,7 @@ from simclr_tf2.training.preemption import preemption_checkpoints
 from simclr_tf2.training.precompute import (frozen_features, precompute_teacher_logits,
                                             recompute_bn)
 from simclr_tf2.training.teacher import load_teacher
+from simclr_tf2.signals import sigterm_guard
 from simclr_tf2.training.trainer import SimCLRTrainer, orbit_messages_logged_only, say
 
 
@@ -35,6 +36,7 @@ class Training:
     extras: Optional[Dict] = None  # per-example values the batches carry
     monitor: Optional[KnnMonitor] = None
     preemption: Optional[object] = None  # a PreemptionCheckpointHandler
+    trainer: Optional[SimCLRTrainer] = None
 
 
 def checkpoint_interval(config: ExperimentConfig, steps) -> int:
@@ -162,7 +164,8 @@ def knn_monitor(plan: RunPlan, learner: Learner, verbose: bool = True) -> KnnMon
         bank_indices=monitor_subset(bank, monitor.knn_bank_size, config.data.seed),
         query_indices=(None if queries is None else monitor_subset(
             queries, monitor.knn_eval_size, config.data.seed)),
-        strategy=plan.strategy, step=learner.step, verbose=verbose)
+        strategy=plan.strategy, step=learner.step, verbose=verbose,
+        collapse_alarm=monitor.collapse_alarm, stop_on_collapse=monitor.stop_on_collapse)
 
 
 def make_controller(plan: RunPlan, training: Training, dataset,
@@ -170,10 +173,9 @@ def make_controller(plan: RunPlan, training: Training, dataset,
     """orbit's Controller over the learner's step, with summaries (the
     chief's) and the checkpoint manager."""
     learner, train = training.learner, plan.config.train
-    trainer = SimCLRTrainer(learner, plan.strategy, dataset, plan.steps.total_steps,
-                            plan.global_batch, verbose=verbose,
-                            skip_log=plan.data.train.skip_log,
-                            preemption=training.preemption)
+    trainer = training.trainer = SimCLRTrainer(
+        learner, plan.strategy, dataset, plan.steps.total_steps, plan.global_batch,
+        verbose=verbose, skip_log=plan.data.train.skip_log, preemption=training.preemption)
     summary_dir = path(plan.model_dir, TRAIN_SUMMARIES) if plan.chief else None
     if plan.chief and int(learner.step.numpy()) == 0:
         _image_summaries(summary_dir, plan)
@@ -221,25 +223,38 @@ def finish(plan: RunPlan, training: Training, seconds: float, verbose: bool) -> 
     """After the loop: the monitor's record, batch-norm statistics
     recomputed (supervised tasks, bn_recompute), a worker's copies removed."""
     monitor = training.monitor
-    if monitor is not None and monitor.history:
-        record = {"history": monitor.history, "monitor_seconds": monitor.seconds,
-                  "run_seconds": seconds, "skipped": plan.data.skipped()}
-        if verbose:
+    diagnostics = training.trainer.diagnostics if training.trainer is not None else []
+    if (monitor is not None and monitor.history) or diagnostics:
+        history = monitor.history if monitor is not None else []
+        record = {"history": history, "monitor_seconds": monitor.seconds if monitor else 0.0,
+                  "run_seconds": seconds, "skipped": plan.data.skipped(),
+                  "memory_diagnostics": diagnostics}
+        if verbose and history:
             print(f"monitor: {len(monitor.history)} reports took {monitor.seconds:.1f}s "
                   f"({100 * monitor.seconds / max(seconds, 1e-9):.1f}% of the run)",
                   flush=True)
         if plan.chief:
             write_json(path(plan.model_dir, MONITOR_FILE), record)
     if plan.config.train.bn_recompute and plan.task.supervised:
+        recompute_and_save_bn(plan, training, verbose)
+    if not plan.chief:
+        shutil.rmtree(plan.worker_dir(), ignore_errors=True)
+
+
+def recompute_and_save_bn(plan: RunPlan, training: Training, verbose: bool) -> None:
+    """Batch-norm statistics recomputed and written over the final checkpoint
+    (manager.save skips a step it has already saved). A SIGTERM during the
+    recompute stops the run with the checkpoint as it was (a rerun, at the
+    last step, recomputes); one during the write waits for its end. TF
+    writes the files aside and renames them into place at the end."""
+    step = int(training.learner.step.numpy())
+    with sigterm_guard(lambda: Preempted(step)) as guard:
         recompute_bn(plan.config, plan.strategy, training.learner, plan.data.train,
                      plan.data.indices, verbose)
-        # Overwrite the final checkpoint in place (manager.save skips a step
-        # it has already saved).
+        guard.hold()
         manager = training.manager
         training.checkpoint.write(manager.latest_checkpoint
                                   or manager.save(check_interval=False))
-    if not plan.chief:
-        shutil.rmtree(plan.worker_dir(), ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,8 @@ import tf_keras
 
 from simclr_tf2.configs.schema import ExperimentConfig
 from simclr_tf2.data.subsets import write_ids
-from simclr_tf2.errors import ExportError, NonFiniteLossError, RunError  # noqa: F401 (re-exported)
+from simclr_tf2.errors import (ExportError, ExportInterrupted,  # noqa: F401 (re-exported)
+                               NonFiniteLossError, RunError)
 from simclr_tf2.export.hub import export_hub_modules
 from simclr_tf2.models.precision import precision_policy
 from simclr_tf2.rundir import MONITOR_FILE, SUBSET_FILE, path, read_json, write_record
@@ -93,6 +94,8 @@ def export_at_end(plan: RunPlan, learner: Learner, verbose: bool = True) -> Opti
     try:
         exported = export_hub_modules(learner.model, export_dir, config=plan.config,
                                       step=int(learner.step.numpy()), train_mode=learner.mode)
+    except ExportInterrupted:
+        raise  # SIGTERM: the command's preempted exit, not a failed export
     except (ExportError, OSError, tf.errors.OpError) as error:
         message = getattr(error, "message", None) or str(error)
         raise RunError(f"training finished and its checkpoint is saved, but the hub "

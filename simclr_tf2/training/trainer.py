@@ -12,8 +12,8 @@ import orbit
 import tensorflow as tf
 import tf_keras
 
-from simclr_tf2.errors import CollapseError, NonFiniteLossError
-from simclr_tf2.monitors.representation import CollapseWatch
+from simclr_tf2.errors import NonFiniteLossError
+from simclr_tf2.monitors.representation import CollapseWatch, sound_alarm
 from simclr_tf2.training.learner import Learner
 from simclr_tf2.training.preemption import checkpoint_if_preempted
 
@@ -93,6 +93,7 @@ class SimCLRTrainer(orbit.StandardTrainer):
         self._run_start = time.time()
         self._run_start_step = int(learner.step.numpy())
         self.collapse = CollapseWatch(learner.config.monitor.collapse_alarm)
+        self.diagnostics = []  # per loop, runs with the memory: monitor.json
         super().__init__(dataset, options=orbit.StandardTrainerOptions(
             use_tf_while_loop=False))
 
@@ -123,21 +124,15 @@ class SimCLRTrainer(orbit.StandardTrainer):
             self.metrics[name].update_state(value)
 
     def _watch_collapse(self, results, step: int) -> None:
-        """The collapse alarm: one warning line, or with stop_on_collapse a
-        CollapseError (the last checkpoint kept)."""
-        if "erank_projection" not in results:  # computed in runs with the memory
+        """The collapse alarm on the projections' rank (runs with the memory
+        compute it each step); the memory's diagnostics kept for monitor.json."""
+        if "erank_projection" not in results:
             return
-        warning = self.collapse.update(results["erank_projection"], step)
-        if warning is None:
-            return
-        if self.learner.config.monitor.stop_on_collapse:
-            raise CollapseError(f"{warning}. Stopped (--stop_on_collapse); the last "
-                                "checkpoint is kept")
-        if self.verbose:  # once on the console; the log has it at info
-            log.info(warning)
-            print(f"warning: {warning}", flush=True)
-        else:
-            log.warning(warning)
+        self.diagnostics.append({"step": step, **{k: results[k] for k in
+                                                  self.MEMORY_METRICS if k in results}})
+        monitor = self.learner.config.monitor
+        sound_alarm(self.collapse.update(results["erank_projection"], step),
+                    monitor.stop_on_collapse, self.verbose)
 
     def train_loop_end(self):
         step = int(self.learner.step.numpy())
