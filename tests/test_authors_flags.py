@@ -328,7 +328,19 @@ def test_their_cifar_commands_train_and_fine_tune_end_to_end(tmp_path, capsys):
     assert pretrain["experiment"]["model"]["cifar_stem"] is True
     result = json.loads((finetune_dir / "result.json").read_text())
     assert result["num_examples"] == 2 * 32  # --eval_steps=2 batches of 32
-    assert result["train_mode"] == "finetune" and 0.0 <= result["top1"] <= 1.0
+    assert result["train_mode"] == "finetune"
+    # Three steps teach nothing to measure; the reported accuracy is checked
+    # instead: the saved model's argmax on the same 64 eval images, in NumPy.
+    from simclr_tf2.data import build_from_config, make_source
+    from simclr_tf2.rundir import restore_model
+    restored = restore_model(str(finetune_dir), "finetune")
+    data = restored.config.data
+    source = make_source(data, data.eval_split, labelled=True)
+    correct = 0
+    for batch in build_from_config(data, source, "eval", 32).take(2):
+        logits = restored.model(batch["image"], training=False)["logits_sup"].numpy()
+        correct += int((logits.argmax(-1) == batch["label"].numpy()).sum())
+    assert result["top1"] == correct / 64
 
 
 def test_the_readme_spelling_of_their_fine_tuning_is_the_same_run():

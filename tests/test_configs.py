@@ -76,13 +76,18 @@ def test_bad_values_name_the_field_and_value(cls, kwargs, message):
         cls(**kwargs)
 
 
-def test_selector_range_follows_head_mode():
-    assert ModelConfig(proj_head_mode="nonlinear", num_proj_layers=3, ft_proj_selector=3)
-    assert ModelConfig(proj_head_mode="nonlinear", num_proj_layers=3, ft_proj_selector=-4)
-    assert ModelConfig(proj_head_mode="linear", ft_proj_selector=1)
-    assert ModelConfig(proj_head_mode="none", ft_proj_selector=0)
-    with pytest.raises(ValueError, match="ft_proj_selector=1"):
-        ModelConfig(proj_head_mode="none", ft_proj_selector=1)
+@pytest.mark.parametrize("mode,layers,edges", [
+    ("nonlinear", 3, (-4, 3)), ("linear", 3, (-2, 1)), ("none", 3, (-1, 0))])
+def test_selector_range_follows_head_mode(mode, layers, edges):
+    """Layers 0..k of a k-layer head (negative: from the end) are accepted
+    up to each edge, and one past it is refused."""
+    low, high = edges
+    for selector in (low, high):
+        ModelConfig(proj_head_mode=mode, num_proj_layers=layers, ft_proj_selector=selector)
+    for selector in (low - 1, high + 1):
+        with pytest.raises(ValueError, match=f"ft_proj_selector={selector}"):
+            ModelConfig(proj_head_mode=mode, num_proj_layers=layers,
+                        ft_proj_selector=selector)
 
 
 def test_json_round_trip_and_override():

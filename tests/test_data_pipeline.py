@@ -263,7 +263,8 @@ def test_start_step_resumes_the_exact_batch_stream(cache):
     config = dict(mode="pretrain", batch_size=64, image_size=8, seed=2, cache=cache)
     fresh = [b for _, b in zip(range(30), build_dataset(source, **config))]
     resumed = [b for _, b in zip(range(3), build_dataset(source, start_step=27, **config))]
-    for x, y in zip(fresh[27:], resumed):  # 27 batches = past the first epoch
+    assert len(fresh) == 30 and len(resumed) == 3  # 27 batches = past the first epoch
+    for x, y in zip(fresh[27:], resumed):
         np.testing.assert_array_equal(x["index"], y["index"])
         np.testing.assert_array_equal(x["view2"], y["view2"])
 

@@ -152,32 +152,45 @@ def test_resnet_d_shortcut_pads_after_and_average_pools():
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
 
 
-LAYER_FACTORIES = [
-    lambda: FixedPaddingConv2D(8, 3, 2, name="c"),
-    lambda: BatchNormRelu(relu=False, zero_init=True, momentum=0.8, epsilon=1e-3),
-    lambda: SelectiveKernelAttention(8, sk_ratio=0.5, min_dim=4,
-                                     norm=NormSettings(momentum=0.8)),
-    lambda: SelectiveKernelConv2D(8, strides=2, sk_ratio=0.25, min_dim=4),
-    lambda: SqueezeExcite(8, 0.5),
-    lambda: ProjectionShortcut(8, 2, resnet_d=True, norm=NormSettings(epsilon=1e-3)),
-    lambda: ResidualBlock("bottleneck", 4, 2, use_projection=True, sk_ratio=0.5,
-                          se_ratio=0.25, resnet_d=True),
-    lambda: ResidualBlock("basic", 4, 1, use_projection=True),
-    lambda: ResNetStem(8, "resnet_d", norm=NormSettings(synchronized=True)),
+# (layer class, constructor arguments): every argument differs from its
+# default, so a field that get_config leaves out comes back as the default.
+LAYERS = [
+    (FixedPaddingConv2D, dict(filters=8, kernel_size=3, strides=2, name="c")),
+    (BatchNormRelu, dict(relu=False, zero_init=True, momentum=0.8, epsilon=1e-3)),
+    (SelectiveKernelAttention, dict(filters=8, sk_ratio=0.5, min_dim=4,
+                                    norm=NormSettings(momentum=0.8))),
+    (SelectiveKernelConv2D, dict(filters=8, strides=2, sk_ratio=0.25, min_dim=4,
+                                 norm=NormSettings(epsilon=1e-3))),
+    (SqueezeExcite, dict(filters=8, se_ratio=0.5)),
+    (ProjectionShortcut, dict(filters=8, strides=2, resnet_d=True,
+                              norm=NormSettings(epsilon=1e-3))),
+    (ResidualBlock, dict(block_type="bottleneck", filters=4, strides=2, use_projection=True,
+                         sk_ratio=0.5, se_ratio=0.25, resnet_d=True,
+                         norm=NormSettings(momentum=0.7, synchronized=True))),
+    (ResidualBlock, dict(block_type="basic", filters=4, strides=1, use_projection=True)),
+    (ResNetStem, dict(filters=8, stem_type="resnet_d", norm=NormSettings(synchronized=True))),
 ]
 
 
-@pytest.mark.parametrize("factory", LAYER_FACTORIES)
-def test_layer_get_config_round_trips(factory):
-    layer = factory()
-    config = layer.get_config()
-    clone = type(layer).from_config(config)
-    assert clone.get_config() == config
-    if hasattr(layer, "norm"):  # the settings reach every batch norm inside
-        norms = [l for l in layer._flatten_layers() if isinstance(l, BatchNormRelu)]
-        assert norms and all((n.momentum, n.epsilon, n.synchronized) == (
-            layer.norm.momentum, layer.norm.epsilon, layer.norm.synchronized) for n in norms)
-    if isinstance(layer, SelectiveKernelAttention):
+def _norms(layer):
+    return [(n.momentum, n.epsilon, n.synchronized) for n in layer._flatten_layers()
+            if isinstance(n, BatchNormRelu)]
+
+
+@pytest.mark.parametrize("cls,kwargs", LAYERS)
+def test_layer_get_config_round_trips(cls, kwargs):
+    """The clone made from get_config() has every constructor argument (and
+    its batch norms the norm settings), and computes the same function."""
+    layer = cls(**kwargs)
+    clone = cls.from_config(layer.get_config())
+    cloned = clone.get_config()
+    for key, value in kwargs.items():
+        if key == "norm":  # the settings reach every batch norm inside the clone
+            assert _norms(clone) and set(_norms(clone)) == {
+                (value.momentum, value.epsilon, value.synchronized)}
+        else:
+            assert cloned[key] == value, key
+    if cls is SelectiveKernelAttention:
         x = [np.random.rand(2, 4, 4, 8).astype(np.float32)] * 2
     else:
         x = np.random.rand(2, 8, 8, 8).astype(np.float32)

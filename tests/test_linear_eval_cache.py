@@ -35,7 +35,9 @@ def test_feature_batches_follow_the_image_batches_order():
                                start_step=start_step)
         cached = feature_dataset(features, source.labels, indices, 16, seed=7,
                                  start_step=start_step)
-        for a, b in zip(images.take(40), cached.take(40)):  # > 2 epochs
+        images, cached = list(images.take(40)), list(cached.take(40))  # > 2 epochs
+        assert len(images) == len(cached) == 40
+        for a, b in zip(images, cached):
             np.testing.assert_array_equal(a["index"], b["index"])
             np.testing.assert_array_equal(a["label"], b["label"])
             np.testing.assert_array_equal(b["features"][:, 0], b["index"])

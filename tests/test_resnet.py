@@ -15,6 +15,7 @@ import simclr_tf2
 from conftest import mirrored_strategy
 from simclr_tf2 import ENDPOINTS, build_resnet, build_resnet_from_config, get_preset
 from simclr_tf2.backbones.resnet import ResNet
+from simclr_tf2.layers import BatchNormRelu
 
 # Chen et al. 2020 (SimCLRv2), Table 1: millions of parameters, trainable + BN
 # moving statistics.
@@ -187,14 +188,23 @@ def test_block_counts_per_depth(depth, blocks):
 
 
 def test_get_config_round_trips_and_rebuilds_same_function():
-    model = build_resnet(50, 0.25, sk_ratio=0.0625, se_ratio=0.25, bn_momentum=0.8,
-                         fine_tune_after_block=2)
-    config = model.get_config()
-    clone = ResNet.from_config(config)
+    """The clone from get_config() has every constructor argument (none a
+    default): its attributes, its batch norms' settings, its frozen stages,
+    and the same function."""
+    model = build_resnet(50, 0.25, sk_ratio=0.0625, se_ratio=0.25, cifar_stem=True,
+                         bn_momentum=0.8, bn_epsilon=1e-3, sync_bn=True,
+                         fine_tune_after_block=2, name="rn")
+    clone = ResNet.from_config(model.get_config())
     clone.build((None, None, None, 3))
-    assert clone.get_config() == config
+    assert (clone.name, clone.depth, clone.width_multiplier, clone.sk_ratio, clone.se_ratio,
+            clone.cifar_stem, clone.fine_tune_after_block) == (
+        "rn", 50, 0.25, 0.0625, 0.25, True, 2)
+    norms = {(n.momentum, n.epsilon, n.synchronized) for n in clone._flatten_layers()
+             if isinstance(n, BatchNormRelu)}
+    assert norms == {(0.8, 1e-3, True)}
+    assert {_stage_of(v) for v in clone.trainable_variables} == {3, 4}
     clone.set_weights(model.get_weights())
-    x = tf.random.uniform([2, 64, 64, 3])
+    x = tf.random.uniform([2, 32, 32, 3])
     a, b = model(x, training=False), clone(x, training=False)
     for key in ENDPOINTS:
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-5, atol=1e-6)
