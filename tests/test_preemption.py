@@ -51,8 +51,14 @@ def test_sigterm_checkpoints_the_step_reached_and_the_rerun_resumes_exactly(
     assert tf.train.latest_checkpoint(stopped_dir).endswith(f"ckpt-{step}")
     monkeypatch.undo()
 
+    reads = []  # the resumed run reads its checkpoint once (a bucket: once per restart)
+    restore = tf.train.Checkpoint.restore
+    monkeypatch.setattr(tf.train.Checkpoint, "restore", lambda self, path, **kw: (
+        reads.append(path), restore(self, path, **kw))[1])
     resumed = run(_config(), RunConfig(mode="pretrain", model_dir=stopped_dir,
                                        deterministic=True), verbose=False)
+    monkeypatch.undo()
+    assert reads == [tf.train.latest_checkpoint(stopped_dir).replace("-9", f"-{step}")]
     assert int(resumed["learner"].step.numpy()) == 9
     run(_config(), RunConfig(mode="pretrain", model_dir=straight_dir, deterministic=True),
         verbose=False)

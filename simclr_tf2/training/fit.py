@@ -86,11 +86,24 @@ def build_training(plan: RunPlan, verbose: bool) -> Training:
         learner = Learner(config, plan.task, plan.steps.total_steps, plan.steps.warmup_steps,
                           teacher=teacher)
         checkpoint = tf.train.Checkpoint(**learner.checkpoint_items())
-    manager = tf.train.CheckpointManager(
+    manager = RestoreOnce(
         checkpoint, plan.worker_dir(), max_to_keep=config.train.keep_checkpoint_max,
         step_counter=learner.step, checkpoint_interval=checkpoint_interval(config, plan.steps),
         init_fn=_initialiser(plan, learner, verbose))
     return Training(learner, checkpoint, manager, extras)
+
+
+class RestoreOnce(tf.train.CheckpointManager):
+    """A CheckpointManager that reads its newest checkpoint (or initialises)
+    once: the preemption handler, our start and orbit's Controller each ask
+    for it as they start, and a restart would read the whole checkpoint (on
+    a bucket, every variable's bytes) two or three times."""
+
+    def restore_or_initialize(self):
+        if getattr(self, "_restored", False):
+            return self.latest_checkpoint
+        self._restored = True
+        return super().restore_or_initialize()
 
 
 def _initialiser(plan: RunPlan, learner: Learner, verbose: bool):
