@@ -56,3 +56,22 @@ def test_one_pretraining_is_the_one_sample_t_interval():
         "subset": {"variance": pytest.approx(10), "share": 1.0}}
     single = describe([91.0])
     assert single["interval"] is None and single["mean"] == 91
+
+
+def test_the_published_table_is_the_committed_reports():
+    """README and RESULTS show the table semisup_report renders from the
+    committed JSON's records (summaries recomputed, not copied)."""
+    import json
+    from semisup_report import markdown, paired, summarise
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    report = json.load(open(os.path.join(root, "bench", "results",
+                                         "semisupervised_mnist5k.json")))
+    summary = summarise(report["results"])
+    table = markdown(summary, paired(report["results"]))
+    assert table == report["markdown"]
+    cell = summary["simclrv2_finetune"]["1pct"]
+    assert cell["pretrainings"] >= 2 and cell["n"] >= 10
+    for name in ("README.md", os.path.join("bench", "RESULTS.md")):
+        text = open(os.path.join(root, name)).read()
+        for line in table.splitlines():
+            assert line in text, (name, line)
