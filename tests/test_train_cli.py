@@ -216,19 +216,21 @@ def test_end_to_end_pretrain_finetune_linear_eval_eval(shared_runs, tmp_path):
         [v.name for v in linear.model.supervised_head.trainable_variables]
 
 
-# The training command, killed (SIGKILL: no handler runs) right after step
-# KILL_AT, by a hook in its own process: the step is chosen, not raced.
-_KILLED_AT_A_STEP = textwrap.dedent("""
+# The training command, killed (SIGKILL: no handler runs) by a hook in its own
+# process while it saves the checkpoint of step KILL_IN_SAVE: the files are
+# written, the manager's state file does not name them yet. The step is
+# chosen, not raced.
+_KILLED_IN_A_SAVE = textwrap.dedent("""
     import os, signal, sys
+    import tensorflow as tf
     from simclr_tf2 import train
-    from simclr_tf2.training import trainer
-    after_step, kill_at = trainer.checkpoint_if_preempted, int(os.environ["KILL_AT"])
+    record, kill_in = tf.train.CheckpointManager._record_state, os.environ["KILL_IN_SAVE"]
 
-    def kill_after(handler, step):
-        after_step(handler, step)
-        if int(step.numpy()) == kill_at:
+    def kill_before_recording(manager):
+        if manager.latest_checkpoint.endswith("-" + kill_in):
             os.kill(os.getpid(), signal.SIGKILL)
-    trainer.checkpoint_if_preempted = kill_after
+        record(manager)
+    tf.train.CheckpointManager._record_state = kill_before_recording
     sys.argv = ["simclr_tf2.train", *sys.argv[1:]]
     train.console_main()
 """)
@@ -236,26 +238,30 @@ _KILLED_AT_A_STEP = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_sigkill_and_rerun_resumes_to_the_same_weights(tmp_path):
+    """A hard kill while ckpt-10 is being saved: the rerun ignores its files
+    (here also cut short, as a kill mid-write would leave them), resumes
+    from ckpt-5 and ends with the weights of an uninterrupted run."""
     # An eighth-width ResNet-18 on 16 px digits: the check is the restart.
     args = ["--preset=tiny", "--mode=pretrain", "--train_steps=20", "--steps_per_loop=5",
             "--summary_interval=5", "--checkpoint_interval=5", "--queue_size=32",
             "--train_batch_size=16", "--width_multiplier=0.125", "--image_size=16",
             "--learning_rate=0.3", "--deterministic", "--noexport_at_end"]
     killed, straight_dir = str(tmp_path / "killed"), str(tmp_path / "straight")
-    # Killed two steps after the checkpoint of step 10; an uninterrupted run
-    # alongside.
-    straight = subprocess.Popen(
+    straight = subprocess.Popen(  # an uninterrupted run alongside
         [sys.executable, "-m", "simclr_tf2.train", *args, f"--model_dir={straight_dir}"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     process = subprocess.run(
-        [sys.executable, "-c", _KILLED_AT_A_STEP, *args, f"--model_dir={killed}"],
+        [sys.executable, "-c", _KILLED_IN_A_SAVE, *args, f"--model_dir={killed}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, KILL_AT="12"))
+        env=dict(os.environ, KILL_IN_SAVE="10"))
     assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
-    assert tf.train.latest_checkpoint(killed).endswith("ckpt-10")
+    (data,) = glob.glob(os.path.join(killed, "ckpt-10.data-*"))
+    with open(data, "r+b") as f:  # half-written
+        f.truncate(os.path.getsize(data) // 2)
+    assert tf.train.latest_checkpoint(killed).endswith("ckpt-5")
     resumed = _cli(args + [f"--model_dir={killed}"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resuming from {killed}/ckpt-10 at step 10" in resumed.stdout
+    assert f"resuming from {killed}/ckpt-5 at step 5" in resumed.stdout
     assert "Traceback" not in resumed.stderr and "error:" not in resumed.stderr
     assert straight.wait(timeout=600) == 0, straight.stderr.read()[-2000:]
     a = tf.train.load_checkpoint(tf.train.latest_checkpoint(killed))
