@@ -82,12 +82,12 @@ def cell_text(cell):
         return f"{cell['mean']:.1f}"
     lo, hi = cell["interval"]
     return (f"{cell['mean']:.1f} [{lo:.1f}, {hi:.1f}] ± {cell['std']:.1f} "
-            f"({cell['min']:.1f}-{cell['max']:.1f})")
+            f"({cell['min']:.1f} to {cell['max']:.1f})")
 
 
 def markdown(table, pairs):
     """The table and the paired differences as markdown: mean [95% interval]
-    ± std (min-max)."""
+    ± std (min to max)."""
     lines = ["| method | 1% (40) | 10% (400) | 100% (4000) |", "|---|---|---|---|"]
     for method, label in ROWS:
         if method in table:
