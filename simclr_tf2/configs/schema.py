@@ -299,9 +299,10 @@ class MonitorConfig:
     knn_eval_size: int = setting(10000,
         "kNN monitor: at most this many eval-split images as queries (0 = all).")
     collapse_alarm: float = setting(0.25,
-        "Pretraining with the memory: warn once when the projections' effective rank "
-        "(per step, averaged over a loop) falls below this fraction of its peak, the "
-        "collapse of bench/RESULTS.md's 'Memory' (0 = off).")
+        "Pretraining: warn once when the projections' effective rank (runs with the "
+        "memory, per loop) or the backbone's over the kNN monitor's bank (each report) "
+        "falls below this fraction of its peak, the collapse of bench/RESULTS.md's "
+        "'Memory' (0 = off).")
     stop_on_collapse: bool = setting(False,
         "End the run when the collapse alarm fires (the last checkpoint is kept).")
     console_diagnostics: bool = setting(False,

@@ -134,11 +134,10 @@ def _initialiser(plan: RunPlan, learner: Learner, verbose: bool):
 
 def restore_or_initialise(plan: RunPlan, training: Training, verbose: bool) -> int:
     """Resumes from the newest checkpoint in model_dir, else initialises (the
-    manager's init_fn); returns the step. The preemption handler has done
-    it as it started, when there is one."""
+    manager's init_fn); returns the step. RestoreOnce makes this a no-op
+    when the preemption handler has already done it as it started."""
     latest = training.manager.latest_checkpoint
-    if training.preemption is None:
-        training.manager.restore_or_initialize()
+    training.manager.restore_or_initialize()
     if latest:
         say(verbose, f"resuming from {latest} at step {int(training.learner.step.numpy())}")
     return int(training.learner.step.numpy())

@@ -14,6 +14,7 @@ import tf_keras
 
 from simclr_tf2.errors import NonFiniteLossError
 from simclr_tf2.monitors.representation import CollapseWatch, sound_alarm
+from simclr_tf2.tasks.pretrain import MEMORY_METRICS as MEMORY_DIAGNOSTICS
 from simclr_tf2.training.learner import Learner
 from simclr_tf2.training.preemption import checkpoint_if_preempted
 
@@ -67,10 +68,9 @@ def format_time(seconds: float) -> str:
 class SimCLRTrainer(orbit.StandardTrainer):
     """Runs `Learner.distributed_step` in orbit's loop; averages metrics per loop."""
 
-    # Printed on a second line with monitor.console_diagnostics.
-    MEMORY_METRICS = ("erank_projection", "erank_backbone", "cos_positive", "cos_negative",
-                      "cos_queue", "queue_mean_norm", "online_momentum_cos",
-                      "queue_own_images")
+    # Printed on a second line with monitor.console_diagnostics, and kept
+    # per loop for monitor.json: the memory's diagnostics and the pair cosines.
+    MEMORY_METRICS = ("cos_positive", "cos_negative") + MEMORY_DIAGNOSTICS
 
     def __init__(self, learner: Learner, strategy, dataset, total_steps: int,
                  global_batch: int, verbose: bool = True, skip_log=None,
