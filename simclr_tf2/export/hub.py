@@ -85,22 +85,36 @@ def _dependencies(model: SimCLRModel, head_index: int) -> List[tf.Variable]:
     return found
 
 
+def traced_model(model: SimCLRModel):
+    """model(images, training=...) as one tf.function that the modules of
+    every head call: the network is traced once per `training` value for all
+    of them (each module's own functions are thin wrappers picking its
+    outputs), not once per head and call convention (a 4-head export traced
+    it 20 times)."""
+    @tf.function
+    def outputs(images, training):
+        return model(images, training=training)
+    return outputs
+
+
 def build_hub_module(model: SimCLRModel, head_index: int, weight_decay: float = 0.0,
-                     official_call_convention: bool = False):
+                     official_call_convention: bool = False, model_outputs=None):
     """A saveable object for head `head_index` of a float32 `model`.
 
     Returns (module, serving_function). `weight_decay` > 0 adds one
     regularization loss, weight_decay * sum(||W||^2 / 2) over the conv and
     dense kernels it trains (what the model was trained with).
+    `model_outputs`: traced_model(model), shared by the modules of one export.
     """
     built = head_layers_built(model)
     check(0 <= head_index <= built, f"head_index must be in [0, {built}]. "
           f"Received: head_index={head_index}")
     names = output_names(model)
     default_key = _default_key(head_index)
+    model_outputs = model_outputs or traced_model(model)
 
     def forward(images, training):
-        outputs = model(images, training=training)
+        outputs = model_outputs(images, training)
         result = {"default": outputs[default_key]}
         result.update({name: outputs[name] for name in names[1:]})
         return result
@@ -296,9 +310,10 @@ def _write_modules(copy: SimCLRModel, config: ExperimentConfig, tmp: str, step: 
     weight_decay = config.train.weight_decay
     names = output_names(copy)
     probe = copy(tf.zeros([1, image_size, image_size, 3]), training=False)
+    model_outputs = traced_model(copy)
     for head in range(head_layers_built(copy) + 1):
         name = f"head_{head}"
-        module, serve = build_hub_module(copy, head, weight_decay, official)
+        module, serve = build_hub_module(copy, head, weight_decay, official, model_outputs)
         path = os.path.join(tmp, name)
         tf.saved_model.save(module, path, signatures={"serving_default": serve})
         metadata = {
