@@ -200,7 +200,7 @@ def _cli(args):
 def test_distill_from_a_run_and_from_its_hub_export_resumes_and_exports(
         shared_runs, tmp_path, capsys):
     """The teacher is the shared fine-tuned run: first as a run directory
-    (from the command line), then as its hub export."""
+    (from the command line), then as its hub export (on two replicas)."""
     from simclr_tf2.flag_definitions import configs_from_flags, define_flags
     from simclr_tf2.training.runner import run
     teacher_dir = shared_runs["finetune"]
@@ -234,9 +234,14 @@ def test_distill_from_a_run_and_from_its_hub_export_resumes_and_exports(
     # The teacher's own export (written when it finished) as the teacher.
     from conftest import SHARED_FINETUNE_STEPS
     export = os.path.join(teacher_dir, "hub", str(SHARED_FINETUNE_STEPS), "head_0")
+    # On two replicas (two logical CPUs): distillation's multi-replica run.
     hub_dir = str(tmp_path / "from_hub")
-    in_process(common + ["--mode=distill", f"--teacher={export}", "--train_steps=3",
-                         f"--model_dir={hub_dir}"])
+    capsys.readouterr()
+    outcome = in_process(common + ["--mode=distill", f"--teacher={export}", "--train_steps=3",
+                                   "--num_cpu_devices=2", f"--model_dir={hub_dir}"])
+    assert "on 2 replica(s), steps 0 -> 3" in capsys.readouterr().out
+    assert int(outcome["learner"].step.numpy()) == 3
+    assert tf.train.latest_checkpoint(hub_dir).endswith("ckpt-3")
     assert os.listdir(os.path.join(hub_dir, "hub")) == ["3"]
     recorded = json.load(open(os.path.join(hub_dir, "config.json")))
     assert recorded["run"]["teacher"] == export
@@ -245,21 +250,6 @@ def test_distill_from_a_run_and_from_its_hub_export_resumes_and_exports(
                          "--distill_precompute", "--noexport_at_end",
                          f"--model_dir={tmp_path / 'precomputed'}"])
     assert "teacher logits precomputed for 1438 images" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_distill_runs_on_two_replicas(shared_runs, tmp_path):
-    from conftest import mirrored_strategy
-    from simclr_tf2.training.runner import RunConfig, run
-    config = get_preset("tiny").override(**{
-        "train.train_steps": 4, "train.steps_per_loop": 2, "train.summary_interval": 2,
-        "train.checkpoint_interval": 4, "train.train_batch_size": 16,
-        "export.export_at_end": False})
-    outcome = run(config, RunConfig(mode="distill", model_dir=str(tmp_path / "student"),
-                                    teacher=shared_runs["finetune"]),
-                  strategy=mirrored_strategy(2), verbose=False)
-    assert int(outcome["learner"].step.numpy()) == 4
-    assert tf.train.latest_checkpoint(str(tmp_path / "student")).endswith("ckpt-4")
 
 
 def test_a_teacher_run_loads_without_unrestored_value_warnings(shared_runs, caplog):
