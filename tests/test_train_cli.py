@@ -321,7 +321,6 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def _workers(args, model_dir):
     """Two local workers (TF_CONFIG on loopback) running `args`; returns the
     processes and their output lines, read as they come."""
@@ -354,6 +353,7 @@ def _signal_at(processes, lines, step, total, victim, signum):
     return time.time()
 
 
+@pytest.mark.slow
 def test_two_local_workers_survive_a_lost_worker_and_a_preemption(tmp_path):
     """Two local workers (MultiWorkerMirroredStrategy), one model_dir, three
     starts of the same command: worker 1 killed (SIGKILL) -> worker 0 exits
