@@ -12,6 +12,38 @@ import tf_keras  # noqa: E402
 
 NUM_LOGICAL_CPUS = 4
 
+# The longest tests (30-140 s each on a 2-core machine: several training
+# runs or processes) run first. pytest-xdist gives each worker a contiguous
+# part of the collection and later moves tests from the end of a busy
+# worker's queue to an idle one; test_train_cli.py, alphabetically last,
+# ended the collection with three of them, which one worker finished while
+# the other had nothing left. At the front, the short tests after them even
+# out the workers. Names, not measured times (a test checks they exist).
+RUN_FIRST = (
+    "test_train_cli.py::test_two_local_workers_survive_a_lost_worker_and_a_preemption",
+    "test_train_cli.py::test_two_replicas_follow_the_one_replica_loss_curve",
+    "test_train_cli.py::test_sigkill_and_rerun_resumes_to_the_same_weights",
+    "test_authors_flags.py::test_their_cifar_commands_train_and_fine_tune_end_to_end",
+    "test_learner.py::test_multi_replica_steps_equal_one_replica_on_the_same_global_batch",
+    "test_bench.py::test_input_pipeline_benchmark_compares_with_a_baseline_revision_in_one_run",
+    "test_distill.py::test_distill_from_a_run_and_from_its_hub_export_resumes_and_exports",
+    "test_recipes.py::test_own_images_recipe_pretrains_fine_tunes_exports_and_loads_in_keras",
+    "test_recipes.py::test_a_folder_in_a_bucket_trains_exactly_like_on_local_disk",
+    "test_preemption.py::test_sigterm_checkpoints_the_step_reached_and_the_rerun_resumes_exactly",
+    "test_bench.py::test_data_scale_benchmark_fits_generates_and_times_a_run_with_its_calls",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """RUN_FIRST's tests (every parametrisation) first, in its order; the
+    rest as collected."""
+    rank = {name: i for i, name in enumerate(RUN_FIRST)}
+
+    def position(item):
+        name = f"{os.path.basename(str(item.fspath))}::{item.originalname}"
+        return rank.get(name, len(RUN_FIRST))
+    items.sort(key=position)
+
 # Logical devices can only be configured before TensorFlow initialises them.
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
