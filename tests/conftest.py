@@ -86,6 +86,18 @@ def mirrored_strategy(n):
     return strategy_cls(logical_cpus(n))
 
 
+def export_command(argv):
+    """`python export/export_hub.py ARGS` (argv without "python"), in process
+    through the command's own flags and run: its exit status. Tests that
+    need the script itself run it in a fresh process (test_export.py)."""
+    from absl import flags
+    from simclr_tf2 import export_cli
+    values = flags.FlagValues()
+    export_cli.define_flags(values)
+    values(list(argv))
+    return export_cli.run_command(values)
+
+
 # ------------------------------------------------------------ shared runs
 # Tiny training runs that many tests read instead of each training its own.
 SHARED_PRETRAIN_STEPS = 24

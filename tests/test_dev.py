@@ -27,7 +27,6 @@ def test_a_worker_count_on_the_command_line_wins(extra):
     assert _dev()._test_workers(extra) == []
 
 
-
 def test_the_tests_run_first_exist():
     """conftest.RUN_FIRST names test functions that are there (a renamed one
     would silently go back to the end of the collection)."""

@@ -411,12 +411,8 @@ def test_export_command_exports_a_training_run(shared_runs, tmp_path, capsys):
     # A run directory that is not there: exit status 2 and one error line,
     # from the command's own parse and run (in process: a TensorFlow import
     # less; the script's path to run_command is the one just taken).
-    from absl import flags as absl_flags
-    from simclr_tf2 import export_cli
-    values = absl_flags.FlagValues()
-    export_cli.define_flags(values)
-    values(["export_hub.py", f"--model_dir={tmp_path / 'missing'}"])
-    assert export_cli.run_command(values) == 2
+    from conftest import export_command
+    assert export_command(["export_hub.py", f"--model_dir={tmp_path / 'missing'}"]) == 2
     errors = [l for l in capsys.readouterr().err.splitlines()
               if l.startswith("simclr_tf2.export: error:")]
     assert len(errors) == 1 and "config.json not found" in errors[0]

@@ -97,15 +97,6 @@ def train(argv, extra=()):
     return run_command(values, args)
 
 
-def export_command(argv):
-    """One `python export/export_hub.py` command, in process; its exit status."""
-    from simclr_tf2 import export_cli
-    values = flags.FlagValues()
-    export_cli.define_flags(values)
-    values(argv[1:])
-    return export_cli.run_command(values)
-
-
 def _flag(argv, name):
     return next(a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}="))
 
@@ -126,7 +117,8 @@ def test_own_images_recipe_pretrains_fine_tunes_exports_and_loads_in_keras(place
     # the export entry point over the fine-tuned run, through its own parser
     # (in process; test_export runs the script in a fresh one)
     assert export[:2] == ["python", "export/export_hub.py"]
-    assert export_command(export) == 0
+    from conftest import export_command
+    assert export_command(export[1:]) == 0
     assert "exported hub modules to" in capsys.readouterr().out
     # the Keras snippet, with the recipe's paths
     source = recipe("keras").replace('"runs/', f'"{place}/runs/').replace(
