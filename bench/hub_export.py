@@ -1,7 +1,7 @@
 """Export: seconds to write the hub modules of a model, and how many times
 the network is traced for them.
 
-    python bench/export.py [--presets tiny r50_1x_sk0] [--rounds 2] [--baseline REV]
+    python bench/hub_export.py [--presets tiny r50_1x_sk0] [--rounds 2] [--baseline REV]
 
 Prints JSON. For each preset a randomly initialised SimCLRModel (pretrain
 mode, its projection head's layers: head_0 .. head_N) is built at the
