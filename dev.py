@@ -6,9 +6,10 @@
     python3 dev.py setup  # only set up .venv
 
 Extra arguments are passed on (to the demo's flags or to pytest). The tests
-run in min(cores, 4) pytest-xdist worker processes (most tests keep only one
-core busy: graph tracing is single-threaded); pass `-n 0` to run them in one
-process, or `-n N` for N workers. Needs only a
+run in min(cores + 1, 4) pytest-xdist worker processes (most tests keep only
+one core busy: graph tracing is single-threaded, and many wait part of the
+time on child processes); pass `-n 0` to run them in one process, or `-n N`
+for N workers. Needs only a
 Python 3.10-3.12 interpreter (3.11 is what we test on) and access to PyPI. The
 environment is reinstalled only when requirements.txt or pyproject.toml change.
 """
@@ -61,8 +62,11 @@ def _run(args):
 
 def _test_workers(extra):
     """pytest-xdist arguments unless the caller chose the worker count:
-    min(cores, 4) workers (each test process holds a TensorFlow runtime of
-    1-3 GB). Tests go to whichever worker is free, and an idle worker takes
+    min(cores + 1, 4) workers (each test process holds a TensorFlow runtime
+    of 1-5 GB). One worker more than cores: with one per core, 2 cores were
+    1.64-1.81 busy over the suite (tests wait on their child processes and
+    on TensorFlow's threads as they stop); with 3 workers, 1.91
+    (bench/RESULTS.md, "Test suite"). Tests go to whichever worker is free, and an idle worker takes
     queued tests from a busy one (`--dist worksteal`: the few long tests do
     not pile up on one worker), so a module-scoped fixture may be built once
     per worker. `--dist loadgroup` would keep marked
@@ -70,7 +74,7 @@ def _test_workers(extra):
     group (xdist renames `item._nodeid`, which pytest 9 no longer reads)."""
     if any(a.startswith(("-n", "--numprocesses")) for a in extra):
         return []
-    return ["-n", str(max(1, min(os.cpu_count() or 1, 4))), "--dist", "worksteal"]
+    return ["-n", str(min((os.cpu_count() or 1) + 1, 4)), "--dist", "worksteal"]
 
 
 def main(argv):

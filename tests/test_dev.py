@@ -14,8 +14,9 @@ def _dev():
     return module
 
 
-@pytest.mark.parametrize("cores,workers", [(1, "1"), (2, "2"), (64, "4"), (None, "1")])
-def test_tests_run_in_min_of_cores_and_four_workers(monkeypatch, cores, workers):
+@pytest.mark.parametrize("cores,workers", [(1, "2"), (2, "3"), (3, "4"), (64, "4"),
+                                           (None, "2")])
+def test_tests_run_in_one_worker_more_than_cores_up_to_four(monkeypatch, cores, workers):
     dev = _dev()
     monkeypatch.setattr(dev.os, "cpu_count", lambda: cores)
     assert dev._test_workers(["-ra"]) == ["-n", workers, "--dist", "worksteal"]
