@@ -65,13 +65,14 @@ def _test_workers(extra):
     min(cores + 1, 4) workers (each test process holds a TensorFlow runtime
     of 1-5 GB). One worker more than cores: with one per core, 2 cores were
     1.64-1.81 busy over the suite (tests wait on their child processes and
-    on TensorFlow's threads as they stop); with 3 workers, 1.91
-    (bench/RESULTS.md, "Test suite"). Tests go to whichever worker is free, and an idle worker takes
-    queued tests from a busy one (`--dist worksteal`: the few long tests do
-    not pile up on one worker), so a module-scoped fixture may be built once
-    per worker. `--dist loadgroup` would keep marked
-    modules together, but with pytest 9.2 and pytest-xdist 3.8.0 it does not
-    group (xdist renames `item._nodeid`, which pytest 9 no longer reads)."""
+    on TensorFlow's threads as they stop); with 3 workers, 1.91-1.93
+    (bench/RESULTS.md, "Test suite"). Tests go to whichever worker is free,
+    and an idle worker takes queued tests from a busy one (`--dist
+    worksteal`: the few long tests do not pile up on one worker), so a
+    module-scoped fixture may be built once per worker. `--dist loadgroup`
+    would keep marked modules together, but with pytest 9.2 and
+    pytest-xdist 3.8.0 it does not group (xdist renames `item._nodeid`,
+    which pytest 9 no longer reads)."""
     if any(a.startswith(("-n", "--numprocesses")) for a in extra):
         return []
     return ["-n", str(min((os.cpu_count() or 1) + 1, 4)), "--dist", "worksteal"]
