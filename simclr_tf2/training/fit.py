@@ -60,7 +60,7 @@ def train(plan: RunPlan, verbose: bool = True) -> Learner:
         dataset = training_dataset(plan, learner, start, training.extras, verbose)
         if plan.task.contrastive and plan.config.monitor.knn_interval > 0:
             training.monitor = knn_monitor(plan, learner, verbose)
-        with orbit_messages_logged_only():
+        with orbit_messages_logged_only(), releasing_input(training):
             controller = make_controller(plan, training, dataset, verbose)
             announce(plan, start, verbose)
             run_start = time.time()
@@ -68,6 +68,21 @@ def train(plan: RunPlan, verbose: bool = True) -> Learner:
                 run_loop(plan, controller, training.monitor, start)
     finish(plan, training, time.time() - run_start, verbose)
     return learner
+
+
+@contextlib.contextmanager
+def releasing_input(training: Training):
+    """Drops the training iterator when the loop ends, however it ends. The
+    trainer sits in a reference cycle (its compiled step holds it), so its
+    iterator would otherwise live until Python's next garbage collection;
+    a multi-replica iterator's deletion joins its prefetch threads, and after
+    a minute or more idle that has blocked 12-42 s (bench/RESULTS.md, Test
+    suite), at whatever allocation started the collection."""
+    try:
+        yield
+    finally:
+        if training.trainer is not None:
+            training.trainer.train_dataset = None  # orbit's setter: iterator dropped
 
 
 def build_training(plan: RunPlan, verbose: bool) -> Training:
