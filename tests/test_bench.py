@@ -466,3 +466,40 @@ def test_export_benchmark_counts_the_network_traces_shared_by_all_heads():
     assert row["heads"] == 4
     assert row["network_calls"] == 6, row
     assert row["seconds"] > 0 and row["cpu_seconds"] > 0
+
+
+def test_gc_time_plugin_records_a_slow_collection_with_its_test(tmp_path):
+    """bench/gc_time.py in a pytest run of its own: a reference cycle whose
+    finaliser sleeps makes one collection slow, and the record names it and
+    its test; the summary totals the worker files."""
+    import gc_time
+    (tmp_path / "test_slow_gc.py").write_text(
+        "import gc, time\n"
+        "class Slow:\n"
+        "    def __del__(self):\n"
+        "        time.sleep(0.3)\n"
+        "def test_cycle():\n"
+        "    a = Slow(); a.me = a; del a\n"
+        "    gc.collect()\n"
+        "def test_nothing():\n"
+        "    pass\n")
+    out = tmp_path / "records"
+    env = dict(os.environ, GC_TIME_DIR=str(out), GC_TIME_LONG="0.2",
+               PYTHONPATH=BENCH, PYTEST_XDIST_WORKER="gw7")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-p", "gc_time", str(tmp_path / "test_slow_gc.py")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads((out / "gw7.json").read_text())
+    assert [row["test"].split("::")[-1] for row in record["long"]] == ["test_cycle"]
+    assert 0.3 <= record["long"][0]["seconds"] <= record["seconds"]
+    (out / "gw8.json").write_text(json.dumps({"seconds": 1.0, "collections": 2, "long": []}))
+    report = gc_time.summarise(str(out))
+    assert report["collections"] == record["collections"] + 2
+    assert report["seconds"] == round(record["seconds"] + 1.0, 1)
+    assert report["long_collections"] == 1 and report["longest"][0]["worker"] == "gw7"
+    del env["GC_TIME_DIR"]
+    refused = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "gc_time",
+                              str(tmp_path / "test_slow_gc.py")],
+                             cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "GC_TIME_DIR" in refused.stdout + refused.stderr
