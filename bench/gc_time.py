@@ -9,14 +9,13 @@ threads stop (seconds; bench/RESULTS.md, Test suite).
 As a pytest plugin (`-p gc_time`, bench/ on PYTHONPATH) it writes
 DIR/<worker>.json at the end of the session: seconds in collections, their
 count, and each collection longer than $GC_TIME_LONG seconds (default 1)
-with the test it fell in. As a script it prints their
-summary as JSON: per worker and in all, the longest collections first.
+with the test it fell in. As a script it prints their summary as JSON: per
+worker and in all, the longest collections first.
 """
 import argparse
 import gc
 import json
 import os
-import sys
 import time
 
 _state = {"seconds": 0.0, "collections": 0, "long": [], "test": None, "_start": None,
@@ -93,4 +92,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()
