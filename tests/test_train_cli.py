@@ -314,7 +314,7 @@ def test_two_replicas_follow_the_one_replica_loss_curve(tmp_path, capsys):
             # One left alive is deleted at a later garbage collection, where
             # joining its idle threads has blocked for up to 42 s (fit.py).
             alive = sum(made() is not None for made in iterators)
-        assert replicas == 1 or (iterators and not alive), \
+        assert iterators and not alive, \
             f"{alive} of the {len(iterators)} distributed iterators outlived run()"
         printed = capsys.readouterr().out
         assert f"on {replicas} replica(s)" in printed
