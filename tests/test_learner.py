@@ -48,6 +48,9 @@ def test_pretraining_reduces_contrastive_loss_on_a_fixed_batch(queue):
     start = losses[2:5].mean() if queue else losses[:3].mean()
     assert losses[-3:].mean() < 0.8 * start, losses
     assert float(history[-1]["contrast_acc"]) > 0.9
+    # Traced once: the optimizers' slots exist before the first step (a first
+    # trace that creates variables is followed by a second).
+    assert step.experimental_get_tracing_count() == 1
     if queue:
         assert int(learner.queue.count) == 30 * 32
     # The per-step effective ranks (an eigendecomposition each) are the
@@ -182,6 +185,7 @@ def test_finetune_learns_and_linear_eval_trains_only_the_head():
     step = tf.function(finetune.replica_step)
     losses = [float(step(batch)["sup_loss"]) for _ in range(25)]
     assert losses[-1] < 0.5 * losses[0], losses
+    assert step.experimental_get_tracing_count() == 1  # slots made beforehand
 
     linear = Learner(config, "linear_eval", total_steps=5)
     head = linear.model.supervised_head
@@ -192,6 +196,7 @@ def test_finetune_learns_and_linear_eval_trains_only_the_head():
     step = tf.function(linear.replica_step)
     for _ in range(5):
         step(batch)
+    assert step.experimental_get_tracing_count() == 1
     assert [v.name for v in linear.model.trainable_variables] == \
         [v.name for v in head.trainable_variables]
     for w, b in zip(frozen, before):  # includes batch-norm moving statistics

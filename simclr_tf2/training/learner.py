@@ -94,6 +94,7 @@ class Learner(tf.Module):
             if self.loss_scaling:  # float16 gradients underflow without it
                 self.optimizer = tf_keras.mixed_precision.LossScaleOptimizer(self.optimizer)
             self.task.prepare(self)
+            self._create_optimizer_slots()
 
     @property
     def mode(self) -> str:
@@ -132,6 +133,18 @@ class Learner(tf.Module):
         probe = {id(v) for v in self.model.supervised_head.trainable_variables}
         return ([v for v in variables if id(v) not in probe],
                 [v for v in variables if id(v) in probe])
+
+    def _create_optimizer_slots(self) -> None:
+        """The optimizers' slots and hyperparameters, made now rather than by
+        the first step: a tf.function whose first trace creates variables is
+        traced a second time, so every start of a run paid for tracing its
+        step twice. Keras 2's legacy optimizers have no public build(); this
+        is what their apply_gradients calls first. The probe's slots exist
+        even when no batch has labels (two zero tensors)."""
+        variables, probe_variables = self._trained_variables()
+        self.optimizer._create_all_weights(variables)
+        if self.probe_optimizer is not None:
+            self.probe_optimizer._create_all_weights(probe_variables)
 
     # ------------------------------------------------------------------ steps
     def _losses(self, batch: Dict[str, tf.Tensor],
