@@ -17,13 +17,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from revisions import alternate, code_roots, ratio_to_baseline, run_child, summarise  # noqa: E402
 
 
 def measure(preset: str, image_size=None) -> dict:
@@ -59,13 +58,6 @@ def measure(preset: str, image_size=None) -> dict:
             "network_calls": len(calls)}
 
 
-def _child(code_root: str, preset: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=code_root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", preset],
-                          env=env, cwd=code_root, stdout=subprocess.PIPE, check=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "r50_1x_sk0"])
@@ -76,32 +68,16 @@ def main():
     if args._child:
         print(json.dumps(measure(args._child)))
         return
-    roots = {"library": ROOT}
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.baseline:
-            roots["baseline"] = os.path.join(tmp, "baseline")
-            subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach",
-                            roots["baseline"], args.baseline], check=True, capture_output=True)
-        try:
-            rows = []
-            for preset in args.presets:
-                runs = {label: [] for label in roots}
-                for _ in range(args.rounds):
-                    for label in sorted(roots):  # baseline, then this checkout
-                        runs[label].append(_child(roots[label], preset))
-                row = {"preset": preset, "heads": runs["library"][0]["heads"]}
-                for label, measured in runs.items():
-                    for key in ("seconds", "cpu_seconds", "network_calls"):
-                        row[f"{label}_{key}"] = statistics.median(m[key] for m in measured)
-                if args.baseline:
-                    row["seconds_vs_baseline"] = round(statistics.median(
-                        a["seconds"] / b["seconds"]
-                        for a, b in zip(runs["library"], runs["baseline"])), 3)
-                rows.append(row)
-        finally:
+    rows = []
+    with code_roots(args.baseline) as roots:
+        for preset in args.presets:
+            runs = alternate(roots, args.rounds,
+                             lambda root: run_child(__file__, root, ["--_child", preset]))
+            row = {"preset": preset, "heads": runs["library"][0]["heads"],
+                   **summarise(runs, ("seconds", "cpu_seconds", "network_calls"))}
             if args.baseline:
-                subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force",
-                                roots["baseline"]], check=True, capture_output=True)
+                row["seconds_vs_baseline"] = ratio_to_baseline(runs, "seconds")
+            rows.append(row)
     print(json.dumps({"command": " ".join(sys.argv), "baseline": args.baseline,
                       "machine": platform.processor() or platform.machine(),
                       "results": rows}, indent=2))

@@ -468,6 +468,16 @@ def test_export_benchmark_counts_the_network_traces_shared_by_all_heads():
     assert row["seconds"] > 0 and row["cpu_seconds"] > 0
 
 
+def test_first_step_benchmark_traces_the_step_once():
+    """bench/first_step.py's measurement on the tiny preset: the step is
+    traced once (twice when the optimizers' slots were made by the first
+    step, as before they were made with the learner)."""
+    import first_step
+    row = first_step.measure("tiny")
+    assert row["traces"] == 1, row
+    assert row["first_step_s"] > row["step_s"] > 0 and row["build_s"] > 0
+
+
 def test_gc_time_plugin_records_a_slow_collection_with_its_test(tmp_path):
     """bench/gc_time.py in a pytest run of its own: a reference cycle whose
     finaliser sleeps makes one collection slow, and the record names it and
