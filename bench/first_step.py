@@ -14,15 +14,12 @@ for that first call (tracing and one step), `step_s` for the next call,
 alternating with this checkout's in each round; the `*_vs_baseline` values
 are medians of per-round ratios.
 """
-import argparse
-import json
 import os
-import platform
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from revisions import alternate, code_roots, ratio_to_baseline, run_child, summarise  # noqa: E402
+from revisions import preset_benchmark  # noqa: E402
 
 BATCH = 8
 KEYS = ("build_s", "first_step_s", "first_step_cpu_s", "step_s", "traces")
@@ -65,31 +62,8 @@ def measure(preset: str) -> dict:
             "step_s": round(time.perf_counter() - start, 3), "traces": len(traces)}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "r50_1x_sk0"])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--baseline", help="git revision to measure in the same run")
-    parser.add_argument("--_child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args._child:
-        print(json.dumps(measure(args._child)))
-        return
-    rows = []
-    with code_roots(args.baseline) as roots:
-        for preset in args.presets:
-            runs = alternate(roots, args.rounds,
-                             lambda root: run_child(__file__, root, ["--_child", preset]))
-            row = {"preset": preset, "image_size": runs["library"][0]["image_size"],
-                   "batch": BATCH, **summarise(runs, KEYS), "each": runs}
-            if args.baseline:
-                for key in ("first_step_s", "first_step_cpu_s"):
-                    row[f"{key}_vs_baseline"] = ratio_to_baseline(runs, key)
-            rows.append(row)
-    print(json.dumps({"command": " ".join(sys.argv), "baseline": args.baseline,
-                      "machine": platform.processor() or platform.machine(),
-                      "cpus": os.cpu_count(), "results": rows}, indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    preset_benchmark(__file__, __doc__.split("\n")[0], measure, KEYS,
+                     ("first_step_s", "first_step_cpu_s"),
+                     lambda runs: {"image_size": runs["library"][0]["image_size"],
+                                   "batch": BATCH, "each": runs})

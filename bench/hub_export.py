@@ -13,16 +13,13 @@ is measured with REV's code (a temporary git worktree), alternating with
 this checkout's in each round; `seconds_vs_baseline` is the median of the
 per-round ratios.
 """
-import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from revisions import alternate, code_roots, ratio_to_baseline, run_child, summarise  # noqa: E402
+from revisions import preset_benchmark  # noqa: E402
 
 
 def measure(preset: str, image_size=None) -> dict:
@@ -58,30 +55,7 @@ def measure(preset: str, image_size=None) -> dict:
             "network_calls": len(calls)}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "r50_1x_sk0"])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--baseline", help="git revision to measure in the same run")
-    parser.add_argument("--_child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args._child:
-        print(json.dumps(measure(args._child)))
-        return
-    rows = []
-    with code_roots(args.baseline) as roots:
-        for preset in args.presets:
-            runs = alternate(roots, args.rounds,
-                             lambda root: run_child(__file__, root, ["--_child", preset]))
-            row = {"preset": preset, "heads": runs["library"][0]["heads"],
-                   **summarise(runs, ("seconds", "cpu_seconds", "network_calls"))}
-            if args.baseline:
-                row["seconds_vs_baseline"] = ratio_to_baseline(runs, "seconds")
-            rows.append(row)
-    print(json.dumps({"command": " ".join(sys.argv), "baseline": args.baseline,
-                      "machine": platform.processor() or platform.machine(),
-                      "results": rows}, indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    preset_benchmark(__file__, __doc__.split("\n")[0], measure,
+                     ("seconds", "cpu_seconds", "network_calls"), ("seconds",),
+                     lambda runs: {"heads": runs["library"][0]["heads"]})

@@ -3,9 +3,11 @@ baseline's code in a temporary git worktree, each measurement in a fresh
 child process with one code or the other first on its path, alternating
 in every round (the machines are shared and noisy: compare within a round).
 """
+import argparse
 import contextlib
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -61,3 +63,33 @@ def ratio_to_baseline(runs: dict, key: str) -> float:
     """The median over rounds of this checkout's `key` over the baseline's."""
     return round(statistics.median(a[key] / b[key] for a, b in
                                    zip(runs["library"], runs["baseline"])), 3)
+
+
+def preset_benchmark(script: str, description: str, measure, keys, ratios, describe):
+    """The command line of a benchmark that measures each preset in fresh
+    processes: `measure(preset)` (a dict) in the child; in the parent, per
+    preset, `describe(runs)` then the medians of `keys` and, with
+    --baseline, the per-round ratios of `ratios` ("<key>_vs_baseline").
+    Prints JSON."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--presets", nargs="+", default=["tiny", "r50_1x_sk0"])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline", help="git revision to measure in the same run")
+    parser.add_argument("--_child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._child:
+        print(json.dumps(measure(args._child)))
+        return
+    rows = []
+    with code_roots(args.baseline) as roots:
+        for preset in args.presets:
+            runs = alternate(roots, args.rounds,
+                             lambda root: run_child(script, root, ["--_child", preset]))
+            row = {"preset": preset, **describe(runs), **summarise(runs, keys)}
+            if args.baseline:
+                row.update({f"{key}_vs_baseline": ratio_to_baseline(runs, key)
+                            for key in ratios})
+            rows.append(row)
+    print(json.dumps({"command": " ".join(sys.argv), "baseline": args.baseline,
+                      "machine": platform.processor() or platform.machine(),
+                      "cpus": os.cpu_count(), "results": rows}, indent=2))
