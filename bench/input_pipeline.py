@@ -57,6 +57,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from revisions import code_roots  # noqa: E402
 # (name, JPEG size (width, height) or None for the built-in digits, view side,
 # colour strength, blur, batch)
 CASES = [("224px_from_500x375_jpeg", (500, 375), 224, 1.0, True, 32),
@@ -236,13 +238,6 @@ def _child(code_root, folders, seconds, naive, device_rounds=None):
     return json.loads(done.stdout)
 
 
-def _worktree(revision, parent):
-    path = os.path.join(parent, "baseline")
-    subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", path, revision],
-                   check=True, capture_output=True)
-    return path
-
-
 def compare(baseline_rows, current_rows):
     """Per case: medians over rounds of both, and the median per-round ratio
     of CPU ms per image (current / baseline)."""
@@ -303,19 +298,16 @@ def main():
             results["current"] = subprocess.run(
                 ["git", "-C", ROOT, "describe", "--always", "--dirty"], check=True,
                 capture_output=True, text=True).stdout.strip()
-            baseline_root = _worktree(args.baseline, tmp)
             before, after = [], []
-            for round_ in range(args.rounds):
-                before.append(_child(baseline_root, folders, args.seconds, False))
-                after.append(_child(ROOT, folders, args.seconds, round_ == 0,
-                                    args.device_rounds))
+            with code_roots(args.baseline) as roots:  # a worktree, removed after
+                for round_ in range(args.rounds):
+                    before.append(_child(roots["baseline"], folders, args.seconds, False))
+                    after.append(_child(ROOT, folders, args.seconds, round_ == 0,
+                                        args.device_rounds))
             results["cases"] = compare(before, after)
         else:
             results["cases"] = _child(ROOT, folders, args.seconds, True, args.device_rounds)
     finally:
-        if args.baseline and os.path.isdir(os.path.join(tmp, "baseline")):
-            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force",
-                            os.path.join(tmp, "baseline")], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(results, indent=2))
 
